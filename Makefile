@@ -1,0 +1,57 @@
+# Two commands matter: `make run` and `make test`. Everything else is a step of theirs
+# or a longer run (bench, soak) kept out of the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests need: binary:package
+APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk
+APT_BENCH := nginx:nginx-light wrk:wrk
+
+.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-locust soak apt-test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m gateway.demo
+
+apt-test:
+	scripts/ensure-apt.sh $(APT_TEST)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) apt-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	scripts/ensure-apt.sh $(APT_BENCH)
+	$(BIN)/python -m bench.harness --rounds 3 --duration 5
+
+bench-quick: $(STAMP)
+	scripts/ensure-apt.sh $(APT_BENCH)
+	$(BIN)/python -m bench.harness --quick
+
+bench-locust: $(STAMP)
+	$(BIN)/python -m bench.locust_run
+
+soak: $(STAMP)
+	scripts/ensure-apt.sh $(APT_BENCH)
+	$(BIN)/python -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -1,0 +1,104 @@
+"""``gateway run``: start the engine, the admin listener and the reloader; drain on SIGTERM.
+
+Shutdown order is uvicorn's and hypercorn's: readiness fails at once, then after
+``drain_delay`` (time for the load balancer to notice) the listeners close, in-flight
+requests get ``drain_timeout`` to finish, the rest are closed, exit 0. Signal handlers
+only set a flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.admin import AdminApp
+from gateway.config import LoadedConfig, listeners_of, parse_bind
+from gateway.metrics import WorkerStats
+from gateway.reload import Reloader
+from gateway.runtime import Runtime
+from gateway.server import AiohttpEngine
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class RunOptions:
+    config_path: str
+    listen: str = "0.0.0.0:8080"
+    admin_listen: str = "127.0.0.1:9180"
+    engine: str = "aiohttp"
+    drain_delay: float = 5.0
+    drain_timeout: float = 20.0
+    admin_tokens: str | None = None
+
+
+class StartupError(Exception):
+    """Raised for an unusable address or the like: ``gateway run`` exits 2."""
+
+
+def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
+    return WorkerStats(
+        counters=dict(zip(runtime.counters.keys, runtime.counters.values, strict=False)),
+        histograms={
+            env: (list(h.counts), h.total)
+            for env, h in engine.forwarder.stats.histograms.items()
+        },
+        connections_open=dict(runtime.connections_open),
+        in_flight=dict(runtime.in_flight),
+    )
+
+
+async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
+    runtime = Runtime(loaded, opts.listen)
+    engine = AiohttpEngine(runtime)
+    binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
+    try:
+        admin_bind = parse_bind(opts.admin_listen)
+    except ValueError as exc:
+        raise StartupError(f"--admin-listen: {exc}") from None
+    reloader = Reloader(runtime, opts.config_path)
+    admin = AdminApp(runtime, reloader, engine.name, lambda: local_stats(runtime, engine), admin_bind.host)
+    runner = web.AppRunner(admin.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await engine.start(binds)
+        site = web.TCPSite(runner, admin_bind.host, admin_bind.port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await engine.shutdown(0)
+        raise StartupError(f"cannot listen: {exc}") from None
+    for name, (host, port) in engine.addresses.items():
+        log.info("listening listener=%s address=%s:%d", name, host, port)
+    admin_addr = site._server.sockets[0].getsockname() if site._server else ("?", 0)  # type: ignore[union-attr]
+    log.info("listening listener=admin address=%s:%d", admin_addr[0], admin_addr[1])
+    log.info(
+        "serving config sha256=%s environments=%d engine=%s",
+        runtime.snapshot.short_sha,
+        len(runtime.snapshot.envs),
+        engine.name,
+    )
+    reloader.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    await stop.wait()
+
+    log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
+    runtime.draining = True
+    if opts.drain_delay > 0:
+        await asyncio.sleep(opts.drain_delay)
+    await engine.close_listeners()
+    log.info("listeners closed; waiting up to %.1fs for in-flight requests", opts.drain_timeout)
+    await engine.shutdown(opts.drain_timeout)
+    await reloader.stop()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0

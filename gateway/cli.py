@@ -1,0 +1,172 @@
+"""The ``gateway`` command (contract §3). Exit codes are part of the contract."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from gateway import __version__
+from gateway.config import ConfigError, LoadedConfig, listeners_of, load_file, schema
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _load_or_exit(path: str) -> LoadedConfig:
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        print(f"gateway: config {path} is invalid:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import RunOptions, StartupError, serve
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    loaded = _load_or_exit(args.config)
+    opts = RunOptions(
+        config_path=args.config,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        engine=args.engine,
+        drain_delay=args.drain_delay,
+        drain_timeout=args.drain_timeout,
+        admin_tokens=args.admin_tokens,
+    )
+    if args.engine != "aiohttp":
+        print(f"gateway: unknown engine {args.engine!r} (available: aiohttp)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        import uvloop
+
+        return int(uvloop.run(serve(opts, loaded)))
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_file(args.config)
+    except ConfigError as exc:
+        unreadable = any(e.startswith(("cannot read", "not valid JSON", "file is")) for e in exc.errors)
+        if args.json:
+            _print_json({"ok": False, "errors": exc.errors, "warnings": []})
+        else:
+            print(f"{args.config}: invalid", file=sys.stderr)
+            for err in exc.errors:
+                print(f"  error: {err}", file=sys.stderr)
+        return EXIT_USAGE if unreadable else EXIT_REFUSED
+    warnings = list(loaded.notes)
+    if args.json:
+        _print_json({"ok": True, "sha256": loaded.sha256, "errors": [], "warnings": warnings})
+    else:
+        for w in warnings:
+            print(f"  warning: {w}")
+        print(f"{args.config}: ok ({len(loaded.config.environments)} environments, sha256 {loaded.short_sha})")
+    return EXIT_REFUSED if (args.strict and warnings) else EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    loaded = _load_or_exit(args.config)
+    from gateway.counters import Counters
+    from gateway.policy import compile_config
+
+    snap = compile_config(loaded, Counters())
+    names = [lst.name for lst in listeners_of(loaded.config)]
+    listener = args.listener or names[0]
+    if listener not in snap.listeners:
+        print(f"gateway: unknown listener {listener!r} (have: {', '.join(names)})", file=sys.stderr)
+        return EXIT_USAGE
+    result = snap.listeners[listener].explain(args.host)
+    data = result.as_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        d = result.decision
+        if d.action == "forward":
+            verdict = "would-block (report mode: forwarded)" if d.would_block else "forwarded"
+            print(f"{verdict}: environment {d.environment} match {d.label} rule {result.rule!r}")
+        else:
+            status = "close connection" if d.status == 0 else str(d.status)
+            env = f" environment {d.environment}" if d.environment else ""
+            print(f"refused {status}: {d.label}{env}")
+        print(f"  normalised: {result.normalised}")
+        if result.error:
+            print(f"  why: {result.error}")
+        if result.candidate_action is not None:
+            print(
+                f"  candidate list: {result.candidate_action}"
+                + (f" ({d.disagreement})" if d.disagreement else " (same)")
+            )
+    return EXIT_OK if result.decision.action == "forward" else EXIT_REFUSED
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    _print_json(schema())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Secure-endpoints gateway.")
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve")
+    run.add_argument("--config", required=True)
+    run.add_argument("--listen", default="0.0.0.0:8080")
+    run.add_argument("--admin-listen", default="127.0.0.1:9180")
+    run.add_argument("--workers", default="1")
+    run.add_argument("--admin-tokens")
+    run.add_argument("--engine", default="aiohttp")
+    run.add_argument("--drain-delay", type=float, default=5.0)
+    run.add_argument("--drain-timeout", type=float, default=20.0)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate and lint a config")
+    check.add_argument("--config", required=True)
+    check.add_argument("--cert", action="append", default=[])
+    check.add_argument("--redirects")
+    check.add_argument("--strict", action="store_true")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="how a Host value would be decided")
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--listener")
+    explain.add_argument("--json", action="store_true")
+    explain.add_argument("host")
+    explain.set_defaults(func=cmd_explain)
+
+    sch = sub.add_parser("schema", help="print the config's JSON Schema")
+    sch.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) and EXIT_USAGE
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

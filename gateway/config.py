@@ -1,0 +1,428 @@
+"""The config file: its schema, and validation with errors that name their JSON path.
+
+The file is the single source of truth (contract §1). Parsing is orjson; the structure is
+checked by msgspec (unknown keys refused everywhere, so a typo never silently disables a
+setting); the meaning (hosts, references between sections) is checked here and every
+problem is reported with its path, e.g. ``environments[0].secure_endpoints[3]: ...``.
+Nothing here does I/O beyond ``load_file``; compiling into a decision snapshot is
+``policy.compile_config``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from gateway import hosts
+
+Enforcement = Literal["enforce", "report", "off"]
+BlockedStatus = Literal[503, 421, 403, 404, "close"]
+Management = Literal["file", "external"]
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+# A config larger than this is refused before parsing: a 50 MB accident must not take the
+# worker's memory, and 100,000 entries fit in a few MB.
+MAX_CONFIG_BYTES = 32 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The file cannot be used. ``errors`` holds every problem found, each with its path."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class BlockedResponse(_Struct):
+    status: BlockedStatus = 503
+    body: str | None = None
+
+
+class Limits(_Struct):
+    # nginx's client_max_body_size is 1 MiB; the product fronts whole web apps with
+    # uploads, so the contract's example 10 MiB is the default, inclusive.
+    max_body_bytes: int | None = None
+
+
+class Timeouts(_Struct):
+    connect_s: float | None = None
+    read_s: float | None = None
+
+
+class ServerLimits(_Struct):
+    """Top-level limits: per-environment defaults plus the connection-level caps."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    # Header caps: aiohttp's defaults (8190 bytes a line, like nginx's 8k buffers).
+    max_header_bytes: int = 8190
+    max_headers: int = 128
+    max_connections: int = 10000
+
+
+class ServerTimeouts(_Struct):
+    connect_s: float = 5.0
+    read_s: float = 60.0
+    # Time allowed to receive a request's headers (nginx client_header_timeout 60 s is
+    # lenient; 10 s stops slowloris while real browsers finish in milliseconds).
+    header_s: float = 10.0
+    keepalive_s: float = 75.0  # nginx keepalive_timeout default
+    websocket_idle_s: float = 300.0
+
+
+class TLS(_Struct):
+    cert: str
+    key: str
+
+
+class Environment(_Struct):
+    name: str
+    hostname: str
+    upstreams: list[str]
+    secure_endpoints: list[str] = []
+    candidate_endpoints: list[str] | None = None
+    enforcement: Enforcement = "enforce"
+    locked: bool = False
+    blocked_response: BlockedResponse | None = None
+    limits: Limits | None = None
+    timeouts: Timeouts | None = None
+
+
+class Listener(_Struct):
+    name: str
+    bind: str
+    environments: list[str]
+    default_environment: str | None = None
+    tls: TLS | None = None
+    health_path: str | None = None
+    proxy_protocol: bool = False
+
+
+class Config(_Struct):
+    environments: list[Environment]
+    listeners: list[Listener] | None = None
+    trusted_proxies: list[str] = []
+    blocked_response: BlockedResponse = BlockedResponse()
+    limits: ServerLimits = ServerLimits()
+    timeouts: ServerTimeouts = ServerTimeouts()
+    management: Management = "file"
+    expose_config_version: bool = False
+    # Extra names the admin API answers to besides localhost, loopback and its bind
+    # address (contract §4, against DNS rebinding).
+    admin_hostnames: list[str] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config with what was derived while checking it."""
+
+    config: Config
+    sha256: str
+    raw: bytes
+    # Per environment: parsed hostname, live entries, candidate entries (None: no list).
+    hostnames: dict[str, hosts.Entry]
+    entries: dict[str, tuple[hosts.Entry, ...]]
+    candidates: dict[str, tuple[hosts.Entry, ...] | None]
+    upstreams: dict[str, tuple[Upstream, ...]]
+    binds: dict[str, Bind]
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    notes: tuple[str, ...]  # normalisation notes for lint, each with its path
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha256[:12]
+
+
+def schema() -> dict[str, Any]:
+    """The config file's JSON Schema (no additional properties anywhere)."""
+    result: dict[str, Any] = msgspec.json.schema(Config)
+    result["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    result["title"] = "secure-endpoints gateway config"
+    return result
+
+
+def parse_bind(value: str) -> Bind:
+    """``host:port`` or ``[v6]:port``; raises ValueError with a readable message."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [IPv6]:port")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{value!r} is not host:port")
+        if host != "localhost":
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{value!r}: bind to an IP address or localhost") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port must be 0-65535")
+    return Bind(host, int(port))
+
+
+def parse_upstream(value: str) -> Upstream:
+    m = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?/?", value)
+    if not m:
+        raise ValueError(f"{value!r} is not http(s)://host[:port]")
+    scheme, host, port = m.group(1), m.group(2), m.group(3)
+    port_n = int(port) if port else (443 if scheme == "https" else 80)
+    if not 1 <= port_n <= 65535:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    return Upstream(f"{scheme}://{host}:{port_n}", scheme, host.strip("[]"), port_n)
+
+
+def load_bytes(raw: bytes) -> LoadedConfig:
+    """Parse and validate a config file's bytes. Raises ConfigError listing every problem."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"file is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES}"])
+    if not raw.strip():
+        raise ConfigError(["file is empty"])
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError([f"not valid JSON: {exc}"]) from None
+    try:
+        config = msgspec.convert(doc, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_msgspec_message(str(exc))]) from None
+    return _validate(config, raw)
+
+
+def load_file(path: str) -> LoadedConfig:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    return load_bytes(raw)
+
+
+def _msgspec_message(text: str) -> str:
+    # msgspec says "Expected `str`, got `int` - at `$.environments[0].hostname`";
+    # operators read paths first, as in every other error we print.
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    path = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{path}: {msg.replace('`', '')}"
+
+
+def _validate(config: Config, raw: bytes) -> LoadedConfig:
+    errors: list[str] = []
+    notes: list[str] = []
+    hostnames: dict[str, hosts.Entry] = {}
+    entries: dict[str, tuple[hosts.Entry, ...]] = {}
+    candidates: dict[str, tuple[hosts.Entry, ...] | None] = {}
+    upstreams: dict[str, tuple[Upstream, ...]] = {}
+
+    if not config.environments:
+        errors.append("environments: at least one environment is required")
+    for i, env in enumerate(config.environments):
+        where = f"environments[{i}]"
+        if not NAME_RE.match(env.name):
+            errors.append(f"{where}.name: {env.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        elif env.name in hostnames or env.name in entries:
+            errors.append(f"{where}.name: duplicate environment name {env.name!r}")
+            continue
+        try:
+            hostnames[env.name] = hosts.parse_hostname(env.hostname)
+        except hosts.HostError as exc:
+            errors.append(f"{where}.hostname: {exc}")
+        entries[env.name] = _entries(env.secure_endpoints, f"{where}.secure_endpoints", errors, notes)
+        if env.candidate_endpoints is not None:
+            candidates[env.name] = _entries(
+                env.candidate_endpoints, f"{where}.candidate_endpoints", errors, notes
+            )
+        else:
+            candidates[env.name] = None
+        if not env.upstreams:
+            errors.append(f"{where}.upstreams: at least one upstream is required")
+        ups = []
+        for j, url in enumerate(env.upstreams):
+            try:
+                ups.append(parse_upstream(url))
+            except ValueError as exc:
+                errors.append(f"{where}.upstreams[{j}]: {exc}")
+        upstreams[env.name] = tuple(ups)
+        _check_limits(env.limits, env.timeouts, where, errors)
+        if env.blocked_response is not None:
+            _check_blocked(env.blocked_response, f"{where}.blocked_response", errors)
+    _check_blocked(config.blocked_response, "blocked_response", errors)
+    _check_server_limits(config, errors)
+
+    binds: dict[str, Bind] = {}
+    for i, lst in enumerate(config.listeners or ()):
+        where = f"listeners[{i}]"
+        if not NAME_RE.match(lst.name):
+            errors.append(f"{where}.name: {lst.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if lst.name in binds:
+            errors.append(f"{where}.name: duplicate listener name {lst.name!r}")
+        try:
+            bind = parse_bind(lst.bind)
+        except ValueError as exc:
+            errors.append(f"{where}.bind: {exc}")
+        else:
+            if bind in binds.values():
+                errors.append(f"{where}.bind: {lst.bind} is already used by another listener")
+            binds[lst.name] = bind
+        if not lst.environments:
+            errors.append(f"{where}.environments: a listener serves at least one environment")
+        for j, name in enumerate(lst.environments):
+            if name not in entries:
+                errors.append(f"{where}.environments[{j}]: unknown environment {name!r}")
+        if len(set(lst.environments)) != len(lst.environments):
+            errors.append(f"{where}.environments: an environment is listed twice")
+        if lst.default_environment is not None and lst.default_environment not in lst.environments:
+            errors.append(
+                f"{where}.default_environment: {lst.default_environment!r} is not one of "
+                "this listener's environments"
+            )
+        if lst.health_path is not None and not re.fullmatch(r"/[!-~]*", lst.health_path):
+            errors.append(f"{where}.health_path: must be an absolute path like /healthz")
+
+    proxies = []
+    for i, cidr in enumerate(config.trusted_proxies):
+        try:
+            proxies.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError as exc:
+            errors.append(f"trusted_proxies[{i}]: {exc}")
+    for i, name in enumerate(config.admin_hostnames):
+        try:
+            hosts.parse_hostname(name)
+        except hosts.HostError as exc:
+            errors.append(f"admin_hostnames[{i}]: {exc}")
+
+    if errors:
+        raise ConfigError(errors)
+    _check_listener_overlaps(config, hostnames, entries, errors)
+    if errors:
+        raise ConfigError(errors)
+    return LoadedConfig(
+        config=config,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        raw=raw,
+        hostnames=hostnames,
+        entries=entries,
+        candidates=candidates,
+        upstreams=upstreams,
+        binds=binds,
+        trusted_proxies=tuple(proxies),
+        notes=tuple(notes),
+    )
+
+
+def _entries(
+    values: list[str], where: str, errors: list[str], notes: list[str]
+) -> tuple[hosts.Entry, ...]:
+    out: list[hosts.Entry] = []
+    seen: set[str] = set()
+    for k, value in enumerate(values):
+        try:
+            entry = hosts.parse_entry(value)
+        except hosts.HostError as exc:
+            errors.append(f"{where}[{k}]: {exc}")
+            continue
+        for note in entry.notes:
+            notes.append(f"{where}[{k}]: {note}")
+        if entry.text in seen:
+            notes.append(f"{where}[{k}]: {entry.text!r} is listed more than once")
+            continue
+        seen.add(entry.text)
+        out.append(entry)
+    return tuple(out)
+
+
+def _check_blocked(resp: BlockedResponse, where: str, errors: list[str]) -> None:
+    if resp.body is not None and len(resp.body) > 64 * 1024:
+        errors.append(f"{where}.body: at most 65536 characters")
+
+
+def _check_limits(
+    limits: Limits | None, timeouts: Timeouts | None, where: str, errors: list[str]
+) -> None:
+    if limits is not None and limits.max_body_bytes is not None and limits.max_body_bytes < 0:
+        errors.append(f"{where}.limits.max_body_bytes: must be >= 0")
+    if timeouts is not None:
+        for field in ("connect_s", "read_s"):
+            value = getattr(timeouts, field)
+            if value is not None and not 0 < value <= 3600:
+                errors.append(f"{where}.timeouts.{field}: must be > 0 and <= 3600")
+
+
+def _check_server_limits(config: Config, errors: list[str]) -> None:
+    lim, tmo = config.limits, config.timeouts
+    if lim.max_body_bytes < 0:
+        errors.append("limits.max_body_bytes: must be >= 0")
+    if not 256 <= lim.max_header_bytes <= 1024 * 1024:
+        errors.append("limits.max_header_bytes: must be 256..1048576")
+    if not 8 <= lim.max_headers <= 10000:
+        errors.append("limits.max_headers: must be 8..10000")
+    if lim.max_connections < 1:
+        errors.append("limits.max_connections: must be >= 1")
+    for field in ("connect_s", "read_s", "header_s", "keepalive_s", "websocket_idle_s"):
+        if not 0 < getattr(tmo, field) <= 3600:
+            errors.append(f"timeouts.{field}: must be > 0 and <= 3600")
+
+
+def _check_listener_overlaps(
+    config: Config,
+    hostnames: dict[str, hosts.Entry],
+    entries: dict[str, tuple[hosts.Entry, ...]],
+    errors: list[str],
+) -> None:
+    """The same entry (same host, same port) in two environments of one listener is an
+    error: which environment would get the request is not something to leave to order."""
+    for i, lst in enumerate(listeners_of(config)):
+        owner: dict[str, str] = {}
+        for name in lst.environments:
+            for entry in (hostnames[name], *entries[name]):
+                prev = owner.setdefault(entry.text, name)
+                if prev != name:
+                    where = f"listeners[{i}]" if config.listeners else "environments"
+                    errors.append(
+                        f"{where}: {entry.text!r} is claimed by both {prev!r} and {name!r}"
+                    )
+
+
+def listeners_of(config: Config, listen: str = "0.0.0.0:8080") -> list[Listener]:
+    """The listeners in force: the configured ones, or the implicit ``default`` one."""
+    if config.listeners is not None:
+        return list(config.listeners)
+    names = [e.name for e in config.environments]
+    return [
+        Listener(
+            name="default",
+            bind=listen,
+            environments=names,
+            default_environment=names[0] if len(names) == 1 else None,
+        )
+    ]

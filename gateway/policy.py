@@ -1,0 +1,490 @@
+"""Compile a validated config into a frozen Snapshot, and decide requests with it.
+
+Sans-IO: no aiohttp, no sockets, no clocks. Everything a request needs is built here once
+per reload: per environment frozensets of hosts, per listener dicts from host to a
+prebuilt ``Decision``. A request costs a few dict lookups whatever the list size: the
+lookup of contract §2 step 5 is ``host:port`` entry, then exact host, then the longest
+wildcard, found by walking the host's own labels (at most 127), never the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway import hosts
+from gateway.config import Config, Environment, LoadedConfig, Upstream, listeners_of
+from gateway.counters import Counters
+
+Action = Literal["forward", "refuse"]
+ALLOWED = "gateway_requests_allowed_total"
+BLOCKED = "gateway_requests_blocked_total"
+DISAGREE = "gateway_candidate_disagreements_total"
+
+HOST_REASONS = ("missing_host", "duplicate_host", "malformed_host", "authority_mismatch")
+# Reasons that are the client's fault (400-class), answered the same in every mode.
+REFUSAL_STATUS = {
+    "missing_host": 400,
+    "duplicate_host": 400,
+    "malformed_host": 400,
+    "authority_mismatch": 400,
+    "bad_request": 400,
+    "method_not_allowed": 405,
+    "body_too_large": 413,
+    "sni_mismatch": 421,
+}
+ALL_MATCHES = ("hostname", "endpoint", "wildcard", "report_only", "enforcement_off")
+ALL_REASONS = (
+    "unknown_host",
+    "missing_host",
+    "duplicate_host",
+    "malformed_host",
+    "authority_mismatch",
+    "no_route",
+    "sni_mismatch",
+    "method_not_allowed",
+    "body_too_large",
+    "bad_request",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedSpec:
+    """What a refused unknown host gets: a status, or ``close`` (nginx's 444)."""
+
+    status: int  # 0 means close the connection without answering
+    body: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EnvPolicy:
+    name: str
+    hostname: hosts.Entry
+    enforcement: str
+    upstreams: tuple[Upstream, ...]
+    blocked: BlockedSpec
+    max_body_bytes: int
+    connect_s: float
+    read_s: float
+    locked: bool
+    exact: frozenset[str]  # hosts allowed on any port (the hostname included)
+    ported: frozenset[str]  # "host:port" entries
+    wildcards: frozenset[str]  # wildcard suffixes, without "*."
+    candidate: tuple[frozenset[str], frozenset[str], frozenset[str]] | None
+    entry_count: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Decision:
+    """One prebuilt outcome. Requests share these objects; nothing here is per request."""
+
+    action: Action
+    status: int  # 0 when forwarded; 0 with action "refuse" means close the connection
+    environment: str  # "" when none (a label value, contract §5)
+    label: str  # the match when forwarded, the reason when refused
+    slot: int  # counter slot for allowed/blocked
+    env: EnvPolicy | None
+    would_block: bool = False  # forwarded only because of report mode
+    disagreement: str = ""  # "", "newly_blocked" or "newly_allowed"
+    disagreement_slot: int = -1
+    body: str | None = None  # custom refusal body, when configured
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    env: EnvPolicy
+    match: str  # hostname | endpoint | wildcard
+    rule: str  # the entry (as written canonically) that matched
+
+
+class Router:
+    """host -> environment for one listener, with nginx's precedence."""
+
+    __slots__ = ("default_port", "exact", "ported", "wild")
+
+    def __init__(self, default_port: int) -> None:
+        self.default_port = default_port
+        self.ported: dict[str, Match] = {}
+        self.exact: dict[str, Match] = {}
+        self.wild: dict[str, Match] = {}
+
+    def add(self, env: EnvPolicy, use_candidate: bool) -> None:
+        exact_set, ported_set, wild_set = (
+            env.candidate if use_candidate and env.candidate else (env.exact, env.ported, env.wildcards)
+        )
+        hostname = env.hostname.host
+        self.exact[hostname] = Match(env, "hostname", hostname)
+        for h in exact_set:
+            if h != hostname:
+                self.exact[h] = Match(env, "endpoint", h)
+        for hp in ported_set:
+            self.ported[hp] = Match(env, "endpoint", hp)
+        for suffix in wild_set:
+            self.wild[suffix] = Match(env, "wildcard", "*." + suffix)
+
+    def lookup(self, auth: hosts.Authority) -> Match | None:
+        if self.ported:
+            port = auth.port if auth.port is not None else self.default_port
+            m = self.ported.get(f"{auth.host}:{port}")
+            if m is not None:
+                return m
+        m = self.exact.get(auth.host)
+        if m is not None:
+            return m
+        if self.wild and auth.kind == "name":
+            for suffix in hosts.wildcard_candidates(auth.host):
+                m = self.wild.get(suffix)
+                if m is not None:
+                    return m
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    listener: str
+    value: str
+    normalised: str | None
+    decision: Decision
+    rule: str | None
+    candidate_action: Action | None
+    candidate_rule: str | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        d = self.decision
+        out: dict[str, object] = {
+            "listener": self.listener,
+            "host": self.value,
+            "normalised": self.normalised,
+            "environment": d.environment or None,
+            "action": d.action,
+            "status": d.status if d.action == "refuse" else None,
+            "match" if d.action == "forward" else "reason": d.label,
+            "rule": self.rule,
+            "enforcement": d.env.enforcement if d.env else None,
+            "would_block": d.would_block,
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.candidate_action is not None:
+            out["candidate"] = {
+                "action": self.candidate_action,
+                "rule": self.candidate_rule,
+                "disagreement": d.disagreement or None,
+            }
+        return out
+
+
+class ListenerPolicy:
+    """Everything one listener needs to decide a request."""
+
+    def __init__(
+        self,
+        name: str,
+        envs: Sequence[EnvPolicy],
+        default_env: EnvPolicy | None,
+        tls: bool,
+        health_path: str | None,
+        counters: Counters,
+        top_blocked: BlockedSpec,
+    ) -> None:
+        self.name = name
+        self.top_blocked = top_blocked
+        self.default_port = 443 if tls else 80
+        self.tls = tls
+        self.health_path = health_path
+        self.envs = tuple(envs)
+        self.default_env = default_env
+        # Refusals before routing carry the listener's only or default environment.
+        if default_env is not None:
+            self.label_env = default_env.name
+        elif len(envs) == 1:
+            self.label_env = envs[0].name
+        else:
+            self.label_env = ""
+        self._counters = counters
+        self._decisions: dict[tuple[str, str, str, str], Decision] = {}
+        self.live = Router(self.default_port)
+        for env in envs:
+            self.live.add(env, use_candidate=False)
+        self.candidate: Router | None = None
+        if any(env.candidate is not None for env in envs):
+            self.candidate = Router(self.default_port)
+            for env in envs:
+                self.candidate.add(env, use_candidate=True)
+        self.refusals = {
+            reason: self._refusal(reason, self._label_env_policy()) for reason in REFUSAL_STATUS
+        }
+        self.no_route = self._refusal("no_route", None)
+        # Raw Host values exactly as an operator writes an entry skip validation: a value
+        # equal to a canonical key is valid by construction. Each key is decided by the
+        # slow path below, so the fast path can never disagree with it.
+        self.fast: dict[str, tuple[Decision, str]] = {}
+        for env in envs:
+            keys = [env.hostname.host, *env.exact]
+            for hp in env.ported:
+                host, _, port = hp.rpartition(":")
+                keys.append(host if int(port) == self.default_port else hp)
+            for key in keys:
+                self.fast[key] = self._decide_value(key)
+
+    def _label_env_policy(self) -> EnvPolicy | None:
+        if self.default_env is not None:
+            return self.default_env
+        return self.envs[0] if len(self.envs) == 1 else None
+
+    def _intern(self, key: tuple[str, str, str, str], make: Decision) -> Decision:
+        got = self._decisions.get(key)
+        if got is None:
+            got = self._decisions[key] = make
+        return got
+
+    def _refusal(self, reason: str, env: EnvPolicy | None) -> Decision:
+        label_env = env.name if env is not None else self.label_env
+        if reason in ("unknown_host", "no_route"):
+            spec = env or self._label_env_policy()
+            blocked = spec.blocked if spec is not None else self.top_blocked
+            status, body = blocked.status, blocked.body
+        else:
+            status, body = REFUSAL_STATUS[reason], None
+        return Decision(
+            action="refuse",
+            status=status,
+            environment=label_env,
+            label=reason,
+            slot=self._counters.slot(BLOCKED, (self.name, label_env, reason)),
+            env=env,
+            body=body,
+        )
+
+    def _forward(self, env: EnvPolicy, match: str, disagreement: str) -> Decision:
+        return self._intern(
+            (env.name, match, "f", disagreement),
+            Decision(
+                action="forward",
+                status=0,
+                environment=env.name,
+                label=match,
+                slot=self._counters.slot(ALLOWED, (self.name, env.name, match)),
+                env=env,
+                would_block=match == "report_only",
+                disagreement=disagreement,
+                disagreement_slot=self._counters.slot(DISAGREE, (env.name, disagreement))
+                if disagreement
+                else -1,
+            ),
+        )
+
+    def _blocked(self, env: EnvPolicy, disagreement: str) -> Decision:
+        base = self._refusal("unknown_host", env)
+        if not disagreement:
+            return self._intern((env.name, "unknown_host", "r", ""), base)
+        return self._intern(
+            (env.name, "unknown_host", "r", disagreement),
+            Decision(
+                action="refuse",
+                status=base.status,
+                environment=base.environment,
+                label="unknown_host",
+                slot=base.slot,
+                env=env,
+                body=base.body,
+                disagreement=disagreement,
+                disagreement_slot=self._counters.slot(DISAGREE, (env.name, disagreement)),
+            ),
+        )
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def decide_authority(self, auth: hosts.Authority) -> Decision:
+        live = self.live.lookup(auth)
+        disagreement = ""
+        if self.candidate is not None:
+            cand = self.candidate.lookup(auth)
+            env = live.env if live else (cand.env if cand else self.default_env)
+            if env is not None and env.candidate is not None and (live is None) != (cand is None):
+                disagreement = "newly_blocked" if cand is None else "newly_allowed"
+        if live is not None:
+            return self._forward(live.env, live.match, disagreement)
+        env = self.default_env
+        if env is None:
+            return self.no_route
+        if env.enforcement == "enforce":
+            return self._blocked(env, disagreement)
+        return self._forward(env, "report_only" if env.enforcement == "report" else "enforcement_off", disagreement)
+
+    def _decide_value(self, value: str) -> tuple[Decision, str]:
+        try:
+            auth = hosts.parse_host(value)
+        except hosts.MalformedHost:
+            return self.refusals["malformed_host"], ""
+        return self.decide_authority(auth), self.forward_host(auth)
+
+    def forward_host(self, auth: hosts.Authority) -> str:
+        if auth.port is None or auth.port == self.default_port:
+            return auth.host
+        return f"{auth.host}:{auth.port}"
+
+    def decide_host(self, value: str) -> tuple[Decision, str]:
+        """Decide one Host value. Returns the decision and the Host to send upstream."""
+        hit = self.fast.get(value)
+        if hit is not None:
+            return hit
+        return self._decide_value(value)
+
+    def decide(
+        self, host_values: Sequence[str], method: str = "GET", target: str = "/"
+    ) -> tuple[Decision, str]:
+        """Contract §2 for one request: the Host header(s), the method and request-target."""
+        if len(host_values) != 1:
+            return self.refusals["missing_host" if not host_values else "duplicate_host"], ""
+        value = host_values[0]
+        decision, forward = self.decide_host(value)
+        if decision.action == "refuse" and decision.label == "malformed_host":
+            return decision, forward
+        if method == "CONNECT":
+            return self.refusals["method_not_allowed"], ""
+        if target[:1] != "/" and target != "*":
+            # Absolute-form: its authority must name the same host and port as Host,
+            # or a front proxy and the app could route on different names.
+            if not self._same_authority(value, target):
+                return self.refusals["authority_mismatch"], ""
+        return decision, forward
+
+    def _same_authority(self, host_value: str, target: str) -> bool:
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            return False
+        authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        try:
+            absolute = hosts.parse_absolute_authority(authority, scheme.lower())
+            host = hosts.parse_host(host_value)
+        except hosts.HostError:
+            return False
+        default = 443 if scheme.lower() == "https" else 80
+        return absolute.host == host.host and (absolute.port or default) == (
+            host.port or self.default_port
+        )
+
+    def explain(self, value: str) -> Explanation:
+        decision, _ = self.decide_host(value)
+        try:
+            auth = hosts.parse_host(value)
+        except hosts.MalformedHost as exc:
+            return Explanation(self.name, value, None, decision, None, None, None, str(exc))
+        live = self.live.lookup(auth)
+        cand_action: Action | None = None
+        cand_rule = None
+        if self.candidate is not None:
+            cand = self.candidate.lookup(auth)
+            cand_action = "forward" if cand is not None else "refuse"
+            cand_rule = cand.rule if cand else None
+            env = decision.env
+            if env is not None and env.enforcement != "enforce" and cand is None:
+                cand_action = "forward"  # report/off still forwards; the disagreement says why
+        return Explanation(
+            self.name,
+            value,
+            self.forward_host(auth) if auth.port is not None else auth.host,
+            decision,
+            live.rule if live else None,
+            cand_action,
+            cand_rule,
+            None,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """Everything requests need, compiled once. Swapped whole on reload, never mutated."""
+
+    loaded: LoadedConfig
+    envs: dict[str, EnvPolicy]
+    listeners: dict[str, ListenerPolicy]
+    binds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Config:
+        return self.loaded.config
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.sha256
+
+    @property
+    def short_sha(self) -> str:
+        return self.loaded.sha256[:12]
+
+
+def _split(entries: Sequence[hosts.Entry], hostname: hosts.Entry | None) -> tuple[
+    frozenset[str], frozenset[str], frozenset[str]
+]:
+    exact, ported, wild = set(), set(), set()
+    if hostname is not None:
+        exact.add(hostname.host)
+    for e in entries:
+        if e.kind == "wildcard":
+            wild.add(e.host)
+        elif e.port is None:
+            exact.add(e.host)
+        else:
+            ported.add(f"{e.host}:{e.port}")
+    return frozenset(exact), frozenset(ported), frozenset(wild)
+
+
+def _env_policy(env: Environment, loaded: LoadedConfig) -> EnvPolicy:
+    cfg = loaded.config
+    br = env.blocked_response or cfg.blocked_response
+    hostname = loaded.hostnames[env.name]
+    exact, ported, wild = _split(loaded.entries[env.name], hostname)
+    cand_entries = loaded.candidates[env.name]
+    candidate = _split(cand_entries, hostname) if cand_entries is not None else None
+    limits, timeouts = env.limits, env.timeouts
+    return EnvPolicy(
+        name=env.name,
+        hostname=hostname,
+        enforcement=env.enforcement,
+        upstreams=loaded.upstreams[env.name],
+        blocked=BlockedSpec(0 if br.status == "close" else int(br.status), br.body),
+        max_body_bytes=(limits.max_body_bytes if limits and limits.max_body_bytes is not None
+                        else cfg.limits.max_body_bytes),
+        connect_s=(timeouts.connect_s if timeouts and timeouts.connect_s is not None
+                   else cfg.timeouts.connect_s),
+        read_s=(timeouts.read_s if timeouts and timeouts.read_s is not None
+                else cfg.timeouts.read_s),
+        locked=env.locked,
+        exact=exact,
+        ported=ported,
+        wildcards=wild,
+        candidate=candidate,
+        entry_count=len(loaded.entries[env.name]),
+    )
+
+
+def compile_config(loaded: LoadedConfig, counters: Counters, listen: str = "0.0.0.0:8080") -> Snapshot:
+    """Build a Snapshot. Pure apart from allocating counter slots (which only grow)."""
+    envs = {env.name: _env_policy(env, loaded) for env in loaded.config.environments}
+    listeners: dict[str, ListenerPolicy] = {}
+    binds: dict[str, str] = {}
+    for lst in listeners_of(loaded.config, listen):
+        members = [envs[n] for n in lst.environments]
+        default = envs[lst.default_environment] if lst.default_environment else None
+        top = loaded.config.blocked_response
+        policy = ListenerPolicy(
+            lst.name,
+            members,
+            default,
+            lst.tls is not None,
+            lst.health_path,
+            counters,
+            BlockedSpec(0 if top.status == "close" else int(top.status), top.body),
+        )
+        # Pre-create the series dashboards plot, so rate() sees 0 rather than nothing.
+        for env in members:
+            for m in ("hostname", "endpoint"):
+                counters.slot(ALLOWED, (lst.name, env.name, m))
+        counters.slot(BLOCKED, (lst.name, policy.label_env, "unknown_host"))
+        listeners[lst.name] = policy
+        binds[lst.name] = lst.bind
+    return Snapshot(loaded=loaded, envs=envs, listeners=listeners, binds=binds)

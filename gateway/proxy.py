@@ -1,0 +1,340 @@
+"""Forwarding an allowed request to its environment's upstreams (aiohttp engine).
+
+Bodies stream both ways with back-pressure (``resp.write`` waits for the transport to
+drain; the client's body is read as the upstream connection asks for it), so memory stays
+bounded whatever the body size. Upstream failures are translated here, at the boundary,
+into the gateway's own answers: 502 for connect/protocol errors, 504 for timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Upstream
+from gateway.counters import Counters, Histogram
+from gateway.policy import EnvPolicy
+
+log = logging.getLogger("gateway.proxy")
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies also drop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Client-sent headers that frameworks read as "the host/scheme the client used": a client
+# must never choose them (contract §2). The gateway sets the X-Forwarded-* ones itself.
+SPOOFABLE = frozenset(
+    {
+        "host",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-forwarded-for",
+        "x-original-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-host",
+        "x-http-host-override",
+        "x-real-ip",
+        "forwarded",
+        "x-request-id",
+        "expect",
+        "content-length",
+    }
+)
+DROP_REQUEST = HOP_BY_HOP | SPOOFABLE
+DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+# How long an upstream that refused a connection is skipped (nginx fail_timeout 10 s).
+FAIL_TIMEOUT_S = 10.0
+STREAM_CHUNK = 64 * 1024
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class UpstreamPool:
+    """Round robin over an environment's upstreams, skipping recently refusing ones."""
+
+    __slots__ = ("_down_until", "_next", "upstreams")
+
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
+        self.upstreams = tuple(upstreams)
+        self._next = 0
+        self._down_until = [0.0] * len(self.upstreams)
+
+    def order(self, now: float) -> list[int]:
+        n = len(self.upstreams)
+        start = self._next
+        self._next = (start + 1) % n
+        idx = [(start + k) % n for k in range(n)]
+        up = [i for i in idx if self._down_until[i] <= now]
+        # All marked down: try them anyway rather than refuse outright (nginx does too).
+        return up or idx
+
+    def mark_down(self, i: int, now: float) -> None:
+        self._down_until[i] = now + FAIL_TIMEOUT_S
+
+
+class UpstreamStats:
+    """Per-environment upstream counters, slots fixed at first use of the environment."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+        self.histograms: dict[str, Histogram] = {}
+        self._code_slots: dict[str, list[int]] = {}
+        self._error_slots: dict[str, dict[str, int]] = {}
+
+    def _env(self, env: str) -> None:
+        if env not in self._code_slots:
+            self._code_slots[env] = [
+                self._counters.slot("gateway_upstream_responses_total", (env, f"{k}xx"))
+                for k in range(1, 6)
+            ]
+            self._error_slots[env] = {
+                kind: self._counters.slot("gateway_upstream_errors_total", (env, kind))
+                for kind in ("connect", "timeout", "reset", "protocol")
+            }
+            self.histograms[env] = Histogram()
+
+    def response(self, env: str, status: int, seconds: float) -> None:
+        self._env(env)
+        klass = min(max(status // 100, 1), 5)
+        self._counters.values[self._code_slots[env][klass - 1]] += 1
+        self.histograms[env].observe(seconds)
+
+    def error(self, env: str, kind: str) -> None:
+        self._env(env)
+        self._counters.values[self._error_slots[env][kind]] += 1
+
+
+class Forwarder:
+    """One per worker: the upstream client session and pools."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.stats = UpstreamStats(counters)
+        self._pools: dict[tuple[Upstream, ...], UpstreamPool] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # per-host concurrency is the upstream's to limit, not ours
+            keepalive_timeout=30,
+            ttl_dns_cache=10,
+            enable_cleanup_closed=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bytes pass through as the upstream encoded them
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def pool(self, env: EnvPolicy) -> UpstreamPool:
+        pool = self._pools.get(env.upstreams)
+        if pool is None:
+            # Keyed by the upstream tuple: a reload that keeps an environment's upstreams
+            # keeps its round-robin and down state. Bounded by what configs have named.
+            pool = self._pools[env.upstreams] = UpstreamPool(env.upstreams)
+        return pool
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        env: EnvPolicy,
+        headers: CIMultiDict[str],
+        target: str,
+        extra_response_headers: Iterable[tuple[str, str]],
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        loop = asyncio.get_running_loop()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=env.connect_s, connect=env.connect_s, sock_read=env.read_s
+        )
+        body = None
+        if request.body_exists:
+            cl = request.content_length
+            if cl is not None and cl > env.max_body_bytes:
+                raise BodyTooLarge()
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # The client waits for this before sending its body: the decision is
+                # made, so ask for it now rather than let the client's timer expire.
+                request.writer.buffer_data(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await request.writer.drain()
+            body = _limited(request.content, env.max_body_bytes)
+            if cl is not None:
+                headers["Content-Length"] = str(cl)
+        pool = self.pool(env)
+        started = loop.time()
+        for i in pool.order(started):
+            up = pool.upstreams[i]
+            url = URL(up.url + target, encoded=True)
+            try:
+                upstream = await self._session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    chunked=None,
+                    compress=None,
+                )
+            except aiohttp.ClientConnectorError:
+                pool.mark_down(i, loop.time())
+                self.stats.error(env.name, "connect")
+                if body is not None and request.content.total_bytes:
+                    break  # part of the body is gone: this request cannot be replayed
+                continue
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                self.stats.error(env.name, "timeout")
+                return _error(504, "upstream did not answer in time")
+            except BodyTooLarge:
+                raise
+            except aiohttp.ClientPayloadError:
+                self.stats.error(env.name, "protocol")
+                return _error(502, "upstream sent a broken response")
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                self.stats.error(env.name, "reset")
+                return _error(502, "upstream closed the connection")
+            except aiohttp.ClientError:
+                self.stats.error(env.name, "protocol")
+                return _error(502, "upstream sent an invalid response")
+            try:
+                return await self._relay(request, upstream, env, started, extra_response_headers)
+            finally:
+                upstream.release()
+        return _error(502, f"no upstream of {env.name!r} accepted the connection")
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        env: EnvPolicy,
+        started: float,
+        extra: Iterable[tuple[str, str]],
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        self.stats.response(env.name, upstream.status, loop.time() - started)
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.raw_headers:
+            lname = name.decode("latin-1").lower()
+            if lname in DROP_RESPONSE:
+                continue
+            resp.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in extra:
+            resp.headers[name] = value
+        no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUS
+        cl = upstream.content_length
+        if cl is not None and not (upstream.status in NO_BODY_STATUS):
+            resp.content_length = cl
+        elif not no_body and request.version >= aiohttp.HttpVersion11:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if not no_body:
+            try:
+                async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+                    await resp.write(chunk)
+            except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                # Headers are gone already; the only honest signal left is to cut the
+                # connection so the client sees a truncated body, not a complete one.
+                self.stats.error(
+                    env.name, "timeout" if isinstance(exc, asyncio.TimeoutError) else "reset"
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+        await resp.write_eof()
+        return resp
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in content.iter_chunked(STREAM_CHUNK):
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge()
+        yield chunk
+
+
+def _error(status: int, text: str) -> web.Response:
+    return web.Response(
+        status=status, text=f"{status} {text}\n", headers={"Cache-Control": "no-store"}
+    )
+
+
+def client_address(
+    peer: str,
+    xff: str | None,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> tuple[str, str]:
+    """(client address, X-Forwarded-For to send). A trusted proxy's XFF is kept and the
+    peer appended; anyone else's is replaced, so a client cannot forge its address."""
+    if trusted and xff:
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return peer, peer
+        if any(addr in net for net in trusted):
+            first = xff.split(",")[0].strip()
+            return first or peer, f"{xff}, {peer}"
+    return peer, peer
+
+
+def upstream_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]],
+    forward_host: str,
+    xff: str,
+    proto: str,
+    request_id: str,
+) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    connection_tokens: set[str] = set()
+    for name, value in raw_headers:
+        lname = name.decode("latin-1").lower()
+        if lname == "connection":
+            connection_tokens.update(
+                t.strip().lower() for t in value.decode("latin-1").split(",")
+            )
+            continue
+        # Any name with "_": WSGI servers turn it into "-" and an app reading
+        # HTTP_X_FORWARDED_HOST would see the client's value (contract §2).
+        if lname in DROP_REQUEST or "_" in lname:
+            continue
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    for token in connection_tokens:
+        headers.popall(token, None)
+    headers["Host"] = forward_host
+    headers["X-Forwarded-For"] = xff
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = forward_host
+    headers["X-Request-ID"] = request_id
+    return headers

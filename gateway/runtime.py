@@ -1,0 +1,74 @@
+"""A worker's live state: the current snapshot reference and the counters.
+
+Requests read ``runtime.snapshot`` once, at their start, and use only that object; a
+reload builds a new Snapshot off to the side and rebinds the attribute (one store, atomic
+under the GIL), so no request ever sees half of one config and half of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from gateway.config import LoadedConfig
+from gateway.counters import Counters
+from gateway.policy import Snapshot, compile_config
+
+RELOADS = "gateway_config_reloads_total"
+REFUSED_CONN = "gateway_connections_refused_total"
+
+
+class Runtime:
+    def __init__(self, loaded: LoadedConfig, listen: str = "0.0.0.0:8080") -> None:
+        self.counters = Counters()
+        self.listen = listen
+        self.snapshot: Snapshot = compile_config(loaded, self.counters, listen)
+        self.reload_slots = {
+            r: self.counters.slot(RELOADS, (r,)) for r in ("success", "failure")
+        }
+        self.last_reload_ok = True
+        self.last_reload_success_ts = time.time()
+        self.last_reload_error: str | None = None
+        self.connections_open: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
+        self.in_flight: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
+        self.listeners_up = False
+        self.draining = False
+        self.worker_id = os.getpid()
+        self._swap_listeners: list[Callable[[Snapshot], None]] = []
+        self._version_event = asyncio.Event() if _has_loop() else None
+
+    # -- reload -------------------------------------------------------------------------
+
+    def on_swap(self, callback: Callable[[Snapshot], None]) -> None:
+        self._swap_listeners.append(callback)
+
+    def swap(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.last_reload_ok = True
+        self.last_reload_error = None
+        self.last_reload_success_ts = time.time()
+        self.counters.values[self.reload_slots["success"]] += 1
+        for cb in self._swap_listeners:
+            cb(snapshot)
+
+    def reload_failed(self, message: str) -> None:
+        self.last_reload_ok = False
+        self.last_reload_error = message
+        self.counters.values[self.reload_slots["failure"]] += 1
+
+    def refused_connection(self, listener: str, reason: str) -> None:
+        self.counters.values[self.counters.slot(REFUSED_CONN, (listener, reason))] += 1
+
+    @property
+    def ready(self) -> bool:
+        return self.listeners_up and not self.draining
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

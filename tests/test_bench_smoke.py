@@ -1,0 +1,110 @@
+"""Keeps the benchmark harness (bench/, `make bench`) from rotting: a run of a few seconds
+must produce results with positive figures for every system that started, a summary and
+a chart, and leave no process behind. No timing assertions: the machine is shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NGINX = "/usr/sbin/nginx"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _gateway_runs() -> bool:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "--help"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _run_harness(args: list[str]) -> tuple[int, str]:
+    # Its own process group, so that whatever happens here the harness can be stopped;
+    # SIGTERM makes it stop its children (each in a group of its own) before exiting.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.harness", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    try:
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return proc.returncode, output
+
+
+def test_harness_smoke(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/ensure-apt.sh wrk:wrk)")
+    have_nginx = os.access(NGINX, os.X_OK)
+    if _gateway_runs():
+        systems = ["gateway-aiohttp", "aiohttp-floor"]
+    else:
+        systems = ["nginx", "aiohttp-floor"] if have_nginx else ["aiohttp-floor"]
+    out = tmp_path / "results"
+
+    code, output = _run_harness(["--smoke", "--systems", ",".join(systems), "--out", str(out)])
+
+    assert code == 0, output
+    results: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    assert list(results["systems"]) == systems
+    started = [name for name, s in results["systems"].items() if s["status"] == "ok"]
+    assert started, output
+    for name, state in results["systems"].items():
+        if state["status"] != "ok":
+            assert state["error"], f"{name} did not start and says nothing about it"
+            continue
+        measured = [s for s in results["scenarios"] if s not in state["skipped"]]
+        assert measured, f"{name}: nothing measured: {state['skipped']}"
+        for scenario in measured:
+            figures = results["throughput"]["medians"][scenario][name]
+            assert figures["median_rps"] > 0, (name, scenario, output)
+            latency = results["latency"][scenario][name]
+            assert "error" not in latency, (name, scenario, latency)
+            assert latency["completed"] > 0 and latency["achieved_rate"] > 0
+            assert latency["p50_ms"] > 0
+    chart = out / "ratios.png"
+    assert chart.stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "ratios.png" in summary
+    for name in systems:
+        assert name in summary
+    # Every child (and anything it forked) is gone once the harness has returned.
+    pids = [s["pid"] for s in results["systems"].values() if s["pid"]]
+    pids += [results["upstream"]["pid"]] if results["upstream"].get("pid") else []
+    leftovers = [pid for pid in pids if _group_alive(pid)]
+    assert not leftovers, f"process groups still alive: {leftovers}"
