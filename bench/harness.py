@@ -55,8 +55,8 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {
         "rounds": 3,
-        "duration": 5.0,
-        "warmup": 1.0,
+        "duration": 5,
+        "warmup": 1,
         "paced_rate": 10000.0,
         "paced_duration": 5.0,
         "paced_grace": 2.0,
@@ -64,8 +64,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # make bench-quick: about a minute for five systems.
     "quick": {
         "rounds": 2,
-        "duration": 2.0,
-        "warmup": 1.0,
+        "duration": 2,
+        "warmup": 1,
         "paced_rate": 2000.0,
         "paced_duration": 2.0,
         "paced_grace": 1.0,
@@ -73,8 +73,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tests/test_bench_smoke.py: keep the harness from rotting, not measure anything.
     "smoke": {
         "rounds": 1,
-        "duration": 1.0,
-        "warmup": 0.0,
+        "duration": 1,
+        "warmup": 0,
         "paced_rate": 500.0,
         "paced_duration": 1.0,
         "paced_grace": 1.0,
@@ -86,8 +86,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 class Options:
     profile: str
     rounds: int
-    duration: float
-    warmup: float
+    duration: int
+    warmup: int
     systems: list[str]
     scenarios: list[str]
     connections: int
@@ -127,8 +127,9 @@ def parse_args(argv: list[str] | None) -> Options:
     profile.add_argument("--quick", action="store_true", help="short run (make bench-quick)")
     profile.add_argument("--smoke", action="store_true", help="a few seconds (the smoke test)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
-    p.add_argument("--duration", type=float, help="seconds of wrk per measurement (default 5)")
-    p.add_argument("--warmup", type=float, help="seconds of wrk before round 1 (default 1)")
+    # Whole seconds: wrk's -d takes nothing finer.
+    p.add_argument("--duration", type=int, help="seconds of wrk per measurement (default 5)")
+    p.add_argument("--warmup", type=int, help="seconds of wrk before round 1 (default 1, 0: none)")
     p.add_argument(
         "--systems",
         type=_csv(list(SYSTEMS)),
@@ -183,8 +184,10 @@ def parse_args(argv: list[str] | None) -> Options:
         strict=a.strict,
         keep_logs=a.keep_logs,
     )
-    if opts.rounds < 1 or opts.duration < 1 or opts.paced_rate <= 0 or opts.paced_duration <= 0:
-        p.error("--rounds and --duration must be >= 1, paced rate and duration > 0")
+    if opts.rounds < 1 or opts.duration < 1 or opts.warmup < 0:
+        p.error("--rounds and --duration must be >= 1, --warmup >= 0")
+    if opts.paced_rate <= 0 or opts.paced_duration <= 0 or opts.paced_grace < 0:
+        p.error("--paced-rate and --paced-duration must be > 0, --paced-grace >= 0")
     return opts
 
 
@@ -194,6 +197,7 @@ def say(text: str) -> None:
 
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Turn SIGTERM into an exception so that `finally` stops every child.
+    say("SIGTERM: stopping the servers")
     raise SystemExit(128 + signum)
 
 
@@ -276,6 +280,8 @@ class Run:
 
     def _died(self, name: str) -> bool:
         proc, state = self.procs[name], self.states[name]
+        if state.status == "failed":
+            return True
         code = proc.exit_code()
         if code is None:
             return False

@@ -165,7 +165,7 @@ LATENCY_HEAD = [
     "p99 ms",
     "p99.9 ms",
     "max ms",
-    "errors",
+    "errors+unanswered",
     "client lag p99 ms",
 ]
 
@@ -230,6 +230,14 @@ def problems(results: Results) -> list[str]:
                 f"**{sample['system']}** {sample['scenario']} round {sample['round']} "
                 f"discarded: {sample.get('problem')}"
             )
+    for scenario, by_system in results.get("latency", {}).items():
+        ref = by_system.get("nginx")
+        if ref and "error" not in ref and not ref["held"]:
+            out.append(
+                f"**paced client** did not hold {ref['target_rate']:,.0f} req/s against nginx "
+                f"({scenario}): the rate is beyond this client or machine right now, so the "
+                "other systems' `held` verdicts in that scenario say little"
+            )
     upstream = results.get("upstream", {})
     if upstream.get("status") == "failed":
         out.append(f"**upstream** failed: {upstream.get('error')}")
@@ -287,7 +295,7 @@ def summary_markdown(results: Results, chart_name: str | None) -> str:
             f"`bench.paced`: {args['paced_rate']:,.0f} req/s for {args['paced_duration']} s "
             f"over {args['paced_connections']} keep-alive connections, open loop; latency "
             "counted from each request's scheduled send time (no coordinated omission). "
-            "`held` = achieved ≥ 95 % of the target; `errors` includes requests still "
+            "`held` = achieved ≥ 95 % of the target; `errors+unanswered` counts requests still "
             "unanswered at the end (counted in the percentiles at their lower bound); "
             "`client lag` = how late the client itself sent (part of every latency).",
             "",

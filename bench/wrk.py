@@ -49,13 +49,13 @@ def parse(output: str) -> WrkResult:
 def run(
     port: int,
     host: str,
-    duration: float,
+    duration: int,
     pin: Callable[[list[str]], list[str]],
     connections: int = 64,
     threads: int = 1,
 ) -> WrkResult:
     """`wrk -t1 -c64 -dNs -H "Host: HOST" http://127.0.0.1:PORT/`, as benchmarking.md."""
-    seconds = max(1, round(duration))
+    seconds = max(1, duration)
     argv = pin(
         [
             "wrk",

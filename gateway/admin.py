@@ -4,11 +4,18 @@
 pod by its IP). The API answers only requests whose Host is localhost, a loopback
 address, the bind address or a configured admin hostname: a browser tricked by DNS
 rebinding into calling it sends the attacker's name as Host and is refused.
+
+Then bearer tokens (``tokens.py``): ``viewer`` reads, ``admin`` also changes. Without a
+tokens file, reads are open only on a loopback listener (only this machine reaches it),
+changes are refused, and reload is allowed to loopback callers. Changes are in
+``admin_writes.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,15 +25,25 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway import hosts
+from gateway.audit import MAX_TAIL, AuditLog
+from gateway.config import MAX_CONFIG_BYTES
 from gateway.metrics import ConfigState, GatewayCollector, WorkerStats
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
+from gateway.store import ConfigStore
+from gateway.tokens import Identity, Role, TokenStore
+
+log = logging.getLogger("gateway.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# How long a write waits for its config to be the one serving before saying so (504).
+WRITE_LIVE_TIMEOUT_S = 10.0
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
         status=status,
@@ -36,7 +53,20 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def api_error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": message, **extra}, status=status)
+    headers = None
+    if status == 401:
+        # RFC 9110 §11.6.1: a 401 names the scheme to use.
+        headers = {"WWW-Authenticate": 'Bearer realm="gateway-admin"'}
+    return json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class AdminApp:
@@ -47,22 +77,97 @@ class AdminApp:
         engine_name: str,
         stats: Callable[[], WorkerStats],
         bind_host: str,
+        *,
+        admin_tokens: str | None = None,
+        config_path: str | None = None,
+        audit_log: str | None = None,
+        metrics_need_token: bool = False,
+        write_timeout_s: float = WRITE_LIVE_TIMEOUT_S,
     ) -> None:
+        """``admin_tokens``: the tokens file (``gateway run --admin-tokens``); raises
+        ``tokens.TokensError`` when it cannot be used. ``config_path`` defaults to the
+        reloader's; ``audit_log`` to ``<config>.audit.jsonl`` beside it."""
+        # admin_writes builds on this module's helpers, so it is imported here, not above.
+        from gateway.admin_writes import WriteRoutes
+
         self.runtime = runtime
         self.reloader = reloader
         self.engine_name = engine_name
         self.bind_host = bind_host
+        self.loopback_bind = _is_loopback(bind_host)
+        self.tokens = TokenStore(admin_tokens) if admin_tokens else None
+        self.metrics_need_token = metrics_need_token
+        path = config_path or (reloader.path if reloader is not None else None)
+        self.store = ConfigStore(path, audit_log) if path else None
+        self.audit = self.store.audit if self.store else AuditLog(audit_log) if audit_log else None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(stats, self.config_state))
-        self.app = web.Application(middlewares=[self._host_guard])
+        # A whole-list PUT may be as large as the config file itself.
+        self.app = web.Application(
+            middlewares=[self._host_guard, self._json_errors], client_max_size=MAX_CONFIG_BYTES
+        )
+        writes = WriteRoutes(self, write_timeout_s)
         r = self.app.router
         r.add_get("/metrics", self.metrics)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
-        r.add_get("/api/v1/environments", self.environments)
-        r.add_get("/api/v1/environments/{name}", self.environment)
-        r.add_get("/api/v1/explain", self.explain)
-        r.add_post("/api/v1/reload", self.reload)
+        need = self._need
+        r.add_get("/api/v1/environments", need("viewer", self.environments))
+        r.add_get("/api/v1/environments/{name}", need("viewer", self.environment))
+        env = "/api/v1/environments/{name}"
+        r.add_post(env + "/endpoints", need("admin", writes.add))
+        r.add_put(env + "/endpoints", need("admin", writes.replace))
+        r.add_delete(env + "/endpoints/{host}", need("admin", writes.remove))
+        r.add_put(env + "/enforcement", need("admin", writes.enforcement))
+        r.add_post(env + "/candidate/promote", need("admin", writes.promote))
+        r.add_get("/api/v1/explain", need("viewer", self.explain))
+        r.add_get("/api/v1/audit", need("viewer", self.audit_log))
+        r.add_post("/api/v1/reload", need("admin", self.reload, loopback_without_tokens=True))
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _need(self, role: Role, handler: Handler, loopback_without_tokens: bool = False) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            who = self._identify(request, role, loopback_without_tokens)
+            if isinstance(who, web.Response):
+                return who
+            request["identity"] = who
+            return await handler(request)
+
+        return guarded
+
+    def _identify(
+        self, request: web.Request, role: Role, loopback_without_tokens: bool
+    ) -> Identity | web.Response:
+        if self.tokens is None:
+            if loopback_without_tokens and _is_loopback(request.remote or ""):
+                return Identity("loopback", "admin")
+            if role == "viewer" and self.loopback_bind:
+                # Only processes on this machine can reach a loopback listener.
+                return Identity("anonymous", "viewer")
+            if role == "viewer":
+                return api_error(
+                    401,
+                    "the admin listener is not on loopback: the API needs a tokens file "
+                    "(gateway run --admin-tokens FILE) and a bearer token",
+                    reason="no_tokens",
+                )
+            return api_error(
+                403,
+                "changes through the admin API need a tokens file: start the gateway with "
+                "--admin-tokens FILE (make tokens with `gateway token`); none is configured",
+                reason="no_tokens",
+            )
+        who = self.tokens.authenticate(request.headers.get("Authorization"))
+        if who is None:
+            return api_error(401, "a valid bearer token is required", reason="unauthenticated")
+        if not who.may(role):
+            return api_error(
+                403,
+                f"token {who.name!r} has the role {who.role}; this needs {role}",
+                reason="forbidden",
+            )
+        return who
 
     def config_state(self) -> ConfigState:
         snap = self.runtime.snapshot
@@ -72,6 +177,8 @@ class AdminApp:
             last_success_ts=self.runtime.last_reload_success_ts,
             allowlist_entries={name: env.entry_count for name, env in snap.envs.items()},
             engine=self.engine_name,
+            last_reload_duration_s=self.runtime.last_reload_duration_s,
+            last_reload_stall_s=self.runtime.last_reload_stall_s,
         )
 
     def _host_allowed(self, request: web.Request) -> bool:
@@ -100,7 +207,21 @@ class AdminApp:
             )
         return await handler(request)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own refusals (404, 405, 413) as JSON, like every other API answer."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400 or request.path in OPEN_PATHS:
+                raise
+            return api_error(exc.status, exc.reason)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        if self.metrics_need_token:
+            who = self._identify(request, "viewer", False)
+            if isinstance(who, web.Response):
+                return who
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
@@ -115,7 +236,7 @@ class AdminApp:
         reason = "draining" if self.runtime.draining else "starting"
         return web.Response(status=503, text=f"{reason}\n", headers={"Cache-Control": "no-store"})
 
-    def _env_view(self, name: str) -> dict[str, Any]:
+    def env_view(self, name: str) -> dict[str, Any]:
         snap = self.runtime.snapshot
         env = snap.envs[name]
         cfg_env = next(e for e in snap.config.environments if e.name == name)
@@ -146,7 +267,7 @@ class AdminApp:
             {
                 "config_sha256": snap.sha256,
                 "management": snap.config.management,
-                "environments": [self._env_view(n) for n in snap.envs],
+                "environments": [self.env_view(n) for n in snap.envs],
             },
             headers={"ETag": self._etag()},
         )
@@ -155,7 +276,7 @@ class AdminApp:
         name = request.match_info["name"]
         if name not in self.runtime.snapshot.envs:
             return api_error(404, f"unknown environment {name!r}")
-        view = self._env_view(name)
+        view = self.env_view(name)
         view["config_sha256"] = self.runtime.snapshot.sha256
         return json_response(view, headers={"ETag": self._etag()})
 
@@ -172,16 +293,25 @@ class AdminApp:
         result["config_sha256"] = snap.sha256
         return json_response(result)
 
+    async def audit_log(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= MAX_TAIL:
+            return api_error(400, f"limit must be an integer 1..{MAX_TAIL}")
+        if self.audit is None:
+            return json_response({"path": None, "records": []})
+        env = request.query.get("environment")
+        # With a filter, look further back so that `limit` matching lines can be found.
+        records = await asyncio.to_thread(self.audit.tail, MAX_TAIL if env else limit)
+        if env:
+            records = [r for r in records if r.get("environment") == env][-limit:]
+        return json_response({"path": self.audit.path, "records": records})
+
     async def reload(self, request: web.Request) -> web.Response:
         if self.reloader is None:
             return api_error(503, "reload is not available")
-        peer = request.remote or ""
-        try:
-            loopback = ipaddress.ip_address(peer).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            return api_error(403, "reload is allowed from loopback callers only")
         result = await self.reloader.reload(force=False)
         status = 200 if result.ok else 422
         return json_response(

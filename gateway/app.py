@@ -9,6 +9,7 @@ only set a flag.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class RunOptions:
     drain_delay: float = 5.0
     drain_timeout: float = 20.0
     admin_tokens: str | None = None
+    watch: bool = True
 
 
 class StartupError(Exception):
@@ -44,8 +46,7 @@ def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
     return WorkerStats(
         counters=dict(zip(runtime.counters.keys, runtime.counters.values, strict=False)),
         histograms={
-            env: (list(h.counts), h.total)
-            for env, h in engine.forwarder.stats.histograms.items()
+            env: (list(h.counts), h.total) for env, h in engine.forwarder.stats.histograms.items()
         },
         connections_open=dict(runtime.connections_open),
         in_flight=dict(runtime.in_flight),
@@ -54,6 +55,7 @@ def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
 
 async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     runtime = Runtime(loaded, opts.listen)
+    gc.freeze()  # the startup snapshot is long-lived: keep it out of GC scans (see reload)
     engine = AiohttpEngine(runtime)
     binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
     try:
@@ -61,7 +63,9 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     except ValueError as exc:
         raise StartupError(f"--admin-listen: {exc}") from None
     reloader = Reloader(runtime, opts.config_path)
-    admin = AdminApp(runtime, reloader, engine.name, lambda: local_stats(runtime, engine), admin_bind.host)
+    admin = AdminApp(
+        runtime, reloader, engine.name, lambda: local_stats(runtime, engine), admin_bind.host
+    )
     runner = web.AppRunner(admin.app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -74,7 +78,7 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
         raise StartupError(f"cannot listen: {exc}") from None
     for name, (host, port) in engine.addresses.items():
         log.info("listening listener=%s address=%s:%d", name, host, port)
-    admin_addr = site._server.sockets[0].getsockname() if site._server else ("?", 0)  # type: ignore[union-attr]
+    admin_addr = runner.addresses[0]
     log.info("listening listener=admin address=%s:%d", admin_addr[0], admin_addr[1])
     log.info(
         "serving config sha256=%s environments=%d engine=%s",
@@ -82,7 +86,7 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
         len(runtime.snapshot.envs),
         engine.name,
     )
-    reloader.start()
+    reloader.start(watch=opts.watch)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         drain_timeout=args.drain_timeout,
         admin_tokens=args.admin_tokens,
+        watch=not args.no_watch,
     )
     if args.engine != "aiohttp":
         print(f"gateway: unknown engine {args.engine!r} (available: aiohttp)", file=sys.stderr)
@@ -61,25 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_file(args.config)
-    except ConfigError as exc:
-        unreadable = any(e.startswith(("cannot read", "not valid JSON", "file is")) for e in exc.errors)
-        if args.json:
-            _print_json({"ok": False, "errors": exc.errors, "warnings": []})
-        else:
-            print(f"{args.config}: invalid", file=sys.stderr)
-            for err in exc.errors:
-                print(f"  error: {err}", file=sys.stderr)
-        return EXIT_USAGE if unreadable else EXIT_REFUSED
-    warnings = list(loaded.notes)
-    if args.json:
-        _print_json({"ok": True, "sha256": loaded.sha256, "errors": [], "warnings": warnings})
-    else:
-        for w in warnings:
-            print(f"  warning: {w}")
-        print(f"{args.config}: ok ({len(loaded.config.environments)} environments, sha256 {loaded.short_sha})")
-    return EXIT_REFUSED if (args.strict and warnings) else EXIT_OK
+    # Lint and the pre-enablement checks live with the other management commands.
+    from gateway.cli_manage import cmd_check as check
+
+    return check(args)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -136,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="aiohttp")
     run.add_argument("--drain-delay", type=float, default=5.0)
     run.add_argument("--drain-timeout", type=float, default=20.0)
+    run.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="reload only on SIGHUP or POST /api/v1/reload, not on file changes",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate and lint a config")
@@ -155,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="print the config's JSON Schema")
     sch.set_defaults(func=cmd_schema)
+
+    from gateway.cli_manage import add_parsers
+
+    add_parsers(sub)  # endpoints, enforcement, token
     return p
 
 

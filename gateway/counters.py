@@ -11,6 +11,7 @@ config or a fixed set, never from a request, so the number of slots is bounded.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -37,21 +38,27 @@ class Counters:
     """Integer counters keyed by (family, label values). Not thread-safe by design: each
     worker process owns one and only its event loop thread writes to it."""
 
-    __slots__ = ("_index", "keys", "values")
+    __slots__ = ("_index", "_lock", "keys", "values")
 
     def __init__(self) -> None:
         self.values: list[int] = []
         self.keys: list[tuple[str, tuple[str, ...]]] = []
         self._index: dict[tuple[str, tuple[str, ...]], int] = {}
+        # Slots are allocated by the reload thread and the loop (first use of an upstream
+        # environment); the lock keeps one slot per key. Never taken per request.
+        self._lock = threading.Lock()
 
     def slot(self, family: str, labels: tuple[str, ...]) -> int:
         key = (family, labels)
         idx = self._index.get(key)
         if idx is None:
-            idx = len(self.values)
-            self._index[key] = idx
-            self.keys.append(key)
-            self.values.append(0)
+            with self._lock:
+                idx = self._index.get(key)
+                if idx is None:
+                    idx = len(self.values)
+                    self.keys.append(key)
+                    self.values.append(0)
+                    self._index[key] = idx
         return idx
 
     def get(self, family: str, labels: tuple[str, ...]) -> int:

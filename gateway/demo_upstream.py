@@ -85,8 +85,7 @@ async def _serve(host: str, port: int, name: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server else port  # type: ignore[union-attr]
+    bound = runner.addresses[0][1]
     print(f"listening {host}:{bound}", flush=True)
     await asyncio.Event().wait()
 

@@ -184,11 +184,13 @@ class Forwarder:
             cl = request.content_length
             if cl is not None and cl > env.max_body_bytes:
                 raise BodyTooLarge()
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                # The client waits for this before sending its body: the decision is
-                # made, so ask for it now rather than let the client's timer expire.
-                request.writer.buffer_data(b"HTTP/1.1 100 Continue\r\n\r\n")
-                await request.writer.drain()
+            # A client that sent "Expect: 100-continue" waits for this before sending its
+            # body: the decision is made, so ask for it now rather than let its timer expire.
+            if (
+                request.headers.get("Expect", "").lower() == "100-continue"
+                and request.transport is not None
+            ):
+                request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = _limited(request.content, env.max_body_bytes)
             if cl is not None:
                 headers["Content-Length"] = str(cl)
@@ -214,7 +216,7 @@ class Forwarder:
                 if body is not None and request.content.total_bytes:
                     break  # part of the body is gone: this request cannot be replayed
                 continue
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 self.stats.error(env.name, "timeout")
                 return _error(504, "upstream did not answer in time")
             except BodyTooLarge:
@@ -245,16 +247,16 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         self.stats.response(env.name, upstream.status, loop.time() - started)
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream.raw_headers:
-            lname = name.decode("latin-1").lower()
-            if lname in DROP_RESPONSE:
+        for raw_name, raw_value in upstream.raw_headers:
+            name = raw_name.decode("latin-1")
+            if name.lower() in DROP_RESPONSE:
                 continue
-            resp.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+            resp.headers.add(name, raw_value.decode("latin-1"))
         for name, value in extra:
             resp.headers[name] = value
         no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUS
         cl = upstream.content_length
-        if cl is not None and not (upstream.status in NO_BODY_STATUS):
+        if cl is not None and upstream.status not in NO_BODY_STATUS:
             resp.content_length = cl
         elif not no_body and request.version >= aiohttp.HttpVersion11:
             resp.enable_chunked_encoding()
@@ -263,7 +265,7 @@ class Forwarder:
             try:
                 async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
                     await resp.write(chunk)
-            except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 # Headers are gone already; the only honest signal left is to cut the
                 # connection so the client sees a truncated body, not a complete one.
                 self.stats.error(
@@ -318,18 +320,17 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     connection_tokens: set[str] = set()
-    for name, value in raw_headers:
-        lname = name.decode("latin-1").lower()
+    for raw_name, value in raw_headers:
+        name = raw_name.decode("latin-1")
+        lname = name.lower()
         if lname == "connection":
-            connection_tokens.update(
-                t.strip().lower() for t in value.decode("latin-1").split(",")
-            )
+            connection_tokens.update(t.strip().lower() for t in value.decode("latin-1").split(","))
             continue
         # Any name with "_": WSGI servers turn it into "-" and an app reading
         # HTTP_X_FORWARDED_HOST would see the client's value (contract §2).
         if lname in DROP_REQUEST or "_" in lname:
             continue
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        headers.add(name, value.decode("latin-1"))
     for token in connection_tokens:
         headers.popall(token, None)
     headers["Host"] = forward_host

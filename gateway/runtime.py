@@ -7,7 +7,6 @@ under the GIL), so no request ever sees half of one config and half of another.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -25,19 +24,18 @@ class Runtime:
         self.counters = Counters()
         self.listen = listen
         self.snapshot: Snapshot = compile_config(loaded, self.counters, listen)
-        self.reload_slots = {
-            r: self.counters.slot(RELOADS, (r,)) for r in ("success", "failure")
-        }
+        self.reload_slots = {r: self.counters.slot(RELOADS, (r,)) for r in ("success", "failure")}
         self.last_reload_ok = True
         self.last_reload_success_ts = time.time()
         self.last_reload_error: str | None = None
+        self.last_reload_stall_s = 0.0
+        self.last_reload_duration_s = 0.0
         self.connections_open: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
         self.in_flight: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
         self.listeners_up = False
         self.draining = False
         self.worker_id = os.getpid()
         self._swap_listeners: list[Callable[[Snapshot], None]] = []
-        self._version_event = asyncio.Event() if _has_loop() else None
 
     # -- reload -------------------------------------------------------------------------
 
@@ -64,11 +62,3 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self.listeners_up and not self.draining
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

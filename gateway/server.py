@@ -71,9 +71,7 @@ class ListenerEngine:
             extra.append(("X-Gateway-Config", snap.short_sha))
         rt.in_flight[self.name] = rt.in_flight.get(self.name, 0) + 1
         try:
-            return await self.forwarder.forward(
-                request, env, headers, _origin_form(target), extra
-            )
+            return await self.forwarder.forward(request, env, headers, _origin_form(target), extra)
         except BodyTooLarge:
             counters[lp.refusals["body_too_large"].slot] += 1
             counters[decision.slot] -= 1  # counted once: as refused, not as allowed
@@ -104,7 +102,9 @@ class ListenerEngine:
                 resp.force_close()
         return resp
 
-    def parser_refusal(self, request: web.BaseRequest, status: int, exc: BaseException | None) -> web.Response:
+    def parser_refusal(
+        self, request: web.BaseRequest, status: int, exc: BaseException | None
+    ) -> web.Response:
         """A request aiohttp's parser refused before any handler ran. Counted like any
         other refusal, so allowed + blocked equals requests received."""
         rt = self.runtime

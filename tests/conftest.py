@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Upstream, start_upstream  # noqa: E402
+from support import Upstream, start_upstream
 
 
 @pytest.fixture(scope="session")

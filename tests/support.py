@@ -6,6 +6,7 @@ and tears them down; nothing is assumed to be running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,7 +53,9 @@ class Proc:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 20.0, start: int = 0) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = 20.0, start: int = 0
+    ) -> re.Match[str]:
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -62,7 +65,7 @@ class Proc:
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if left <= 0 or self.popen.poll() is not None and not self._thread.is_alive():
+                if left <= 0 or (self.popen.poll() is not None and not self._thread.is_alive()):
                     raise AssertionError(
                         f"{pattern!r} not seen in output of {self.args}:\n" + self.output()
                     )
@@ -78,10 +81,8 @@ class Proc:
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -160,7 +161,9 @@ def start_gateway(
 
 
 @contextmanager
-def running_gateway(config: dict[str, Any] | Path, tmp: Path, *extra: str, **kw: Any) -> Iterator[Gateway]:
+def running_gateway(
+    config: dict[str, Any] | Path, tmp: Path, *extra: str, **kw: Any
+) -> Iterator[Gateway]:
     gw = start_gateway(config, tmp, *extra, **kw)
     try:
         yield gw
@@ -221,7 +224,7 @@ def read_response(sock: socket.socket, buf: bytearray, head_request: bool = Fals
     while b"\r\n\r\n" not in buf:
         if not fill():
             raise ConnectionError(f"connection closed before a response (got {bytes(buf)[:200]!r})")
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    head, _, _rest = bytes(buf).partition(b"\r\n\r\n")
     del buf[: len(head) + 4]
     lines = head.decode("latin-1").split("\r\n")
     _version, status, *reason = lines[0].split(" ", 2)

@@ -74,7 +74,10 @@ CONFIGMAP_MAX_BYTES = 1024 * 1024 - 16 * 1024
 # Oldest Kubernetes minor we claim to support (deploy/README.md) and the newest whose
 # schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition"}
 # The kustomization fields the model below implements. Anything else must fail the test
 # rather than be ignored.
@@ -105,9 +108,11 @@ def manifest_files() -> list[Path]:
     out = []
     for path in sorted(K8S.rglob("*.yaml")):
         docs = load_docs(path)
-        if docs and all(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs):
-            if docs[0]["kind"] != "Kustomization":
-                out.append(path)
+        objects = docs and all(
+            isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs
+        )
+        if objects and docs[0]["kind"] != "Kustomization":
+            out.append(path)
     return out
 
 
@@ -138,7 +143,12 @@ def _generate(directory: Path, gen: dict[str, Any], kind: str) -> dict[str, Any]
     files = _generator_files(directory, gen)
     if kind == "ConfigMap":
         data = {k: p.read_text() for k, p in files.items()}
-        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": gen["name"]},
+            "data": data,
+        }
     data = {k: base64.b64encode(p.read_bytes()).decode() for k, p in files.items()}
     return {
         "apiVersion": "v1",
@@ -191,7 +201,12 @@ def apply_json6902(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, 
 
 def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
     group, _, version = obj["apiVersion"].rpartition("/")
-    wanted = {"group": group, "version": version, "kind": obj["kind"], "name": obj["metadata"]["name"]}
+    wanted = {
+        "group": group,
+        "version": version,
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+    }
     assert set(target) <= set(wanted), target
     return all(wanted[k] == v for k, v in target.items())
 
@@ -326,7 +341,9 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Validator:
             schema["properties"]["metadata"] = OBJECT_META
             schema["properties"]["apiVersion"] = {"const": api_version}
             schema["properties"]["kind"] = {"const": kind}
-            schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+            schema["required"] = sorted(
+                {*schema.get("required", []), "apiVersion", "kind", "metadata"}
+            )
             jsonschema.Draft202012Validator.check_schema(schema)
             return jsonschema.Draft202012Validator(schema, registry=k8s_definitions_registry())
     raise AssertionError(f"no CRD schema for {kind} in {CRDS}")
@@ -342,7 +359,9 @@ def validate_object(obj: dict[str, Any]) -> None:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
-            raise AssertionError(f"{key(obj)} against Kubernetes {version}: {where}: {exc.message}") from None
+            raise AssertionError(
+                f"{key(obj)} against Kubernetes {version}: {where}: {exc.message}"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,9 +577,15 @@ def test_probes_ports_and_selectors(built: dict[tuple[str, str], dict[str, Any]]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     admin_port = int(arg(c, "--admin-listen").rpartition(":")[2])
     public_port = int(arg(c, "--listen").rpartition(":")[2])
-    assert arg(c, "--admin-listen").startswith("0.0.0.0:"), "kubelet and Prometheus come from outside"
+    assert arg(c, "--admin-listen").startswith("0.0.0.0:"), (
+        "kubelet and Prometheus come from outside"
+    )
     assert ports == {"http": public_port, "admin": admin_port}
-    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+    for probe, path in (
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ):
         get = c[probe]["httpGet"]
         assert get["path"] == path, probe
         assert ports[get["port"]] == admin_port, probe
@@ -589,7 +614,11 @@ def test_replicas_autoscaling_and_disruption(built: dict[tuple[str, str], dict[s
     hpa = the(built, "HorizontalPodAutoscaler")
     pdb = the(built, "PodDisruptionBudget")
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", "gateway")
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        "gateway",
+    )
     # The HPA owns the count; a replicas field would reset it at every apply.
     assert "replicas" not in dep["spec"]
     assert hpa["spec"]["minReplicas"] >= 3
@@ -766,10 +795,18 @@ def docker_ignored(rel: str) -> bool:
 
 
 def test_dockerignore() -> None:
-    for rel in (".git/config", ".venv/bin/python", "tests/test_hosts.py", "deploy/Dockerfile",
-                "bench/results/x.json", "gateway/__pycache__/cli.cpython-311.pyc",
-                "secure_endpoints_gateway.egg-info/PKG-INFO", "build/lib/gateway/cli.py",
-                "deploy/k8s/overlays/example/tokens.json"):  # fmt: skip
+    kept_out = [
+        ".git/config",
+        ".venv/bin/python",
+        "tests/test_hosts.py",
+        "deploy/Dockerfile",
+        "deploy/k8s/overlays/example/tokens.json",
+        "bench/results/x.json",
+        "gateway/__pycache__/cli.cpython-311.pyc",
+        "secure_endpoints_gateway.egg-info/PKG-INFO",
+        "build/lib/gateway/cli.py",
+    ]
+    for rel in kept_out:
         assert docker_ignored(rel), rel
     for rel in ("pyproject.toml", "README.md", "gateway/cli.py", "gateway/examples/x.json"):
         assert not docker_ignored(rel), rel
@@ -844,6 +881,33 @@ def _metric(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
+def _world_usable(path: Path) -> bool:
+    """Can another user run this interpreter: every directory on the way traversable, the
+    installation readable?"""
+    path = path.resolve()
+    return all(p.stat().st_mode & 0o001 for p in path.parents) and bool(path.stat().st_mode & 0o005)
+
+
+def base_python() -> Path:
+    """The interpreter the venv is built from: this one's base installation, unless the
+    image user could not use it (a pyenv under /root), then the system's Python >= 3.11."""
+    candidates = [Path(getattr(sys, "_base_executable", sys.executable)), Path("/usr/bin/python3")]
+    for cand in candidates:
+        if not cand.exists() or not _world_usable(cand):
+            continue
+        version = subprocess.run(
+            [str(cand), "-c", "import sys, venv, ensurepip; print(sys.version_info >= (3, 11))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if version.stdout.strip() == "True":
+            return cand
+    if os.geteuid() == 0:
+        raise AssertionError(f"no Python >= 3.11 with venv usable by uid {IMAGE_UID}: {candidates}")
+    return Path(getattr(sys, "_base_executable", sys.executable))
+
+
 @pytest.fixture(scope="module")
 def image_root() -> Iterator[Path]:
     """A world-readable scratch directory (the image user must read the venv)."""
@@ -863,16 +927,26 @@ def image_venv(image_root: Path) -> Path:
     venv = image_root / "opt" / "gateway"
     venv.parent.mkdir(parents=True)
     workdir = stage_context(build, image_root / "build")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    # `python` on PATH is this interpreter's, like the image's /usr/local/bin/python.
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+    }
+    # `python` on PATH, like the image's /usr/local/bin/python.
+    shim = image_root / "shim"
+    shim.mkdir()
+    (shim / "python").symlink_to(base_python())
+    env["PATH"] = f"{shim}:{env['PATH']}"
     for k, v in build.env().items():
         env[k] = _expand(v, env)
     assert build.env()["VENV"] == "/opt/gateway"
     env["VENV"] = str(venv)
     for cmd in build.all("RUN"):
         proc = subprocess.run(
-            ["/bin/sh", "-c", cmd], cwd=workdir, env=env, capture_output=True, text=True, timeout=540
+            ["/bin/sh", "-c", cmd],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
         )
         assert proc.returncode == 0, f"RUN {cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return venv
@@ -899,12 +973,21 @@ def kubelet_volume(root: Path, files: dict[str, bytes], mode: int, gid: int | No
 def _wait_healthy(health: list[str], env: dict[str, str], proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"gateway exited {proc.returncode}: {proc.communicate()[1][-3000:]}"
+        assert proc.poll() is None, (
+            f"gateway exited {proc.returncode}: {proc.communicate()[1][-3000:]}"
+        )
         check = subprocess.run(health, env=env, capture_output=True, timeout=10, **_as_image_user())
         if check.returncode == 0:
             return
         time.sleep(0.3)
     raise AssertionError("HEALTHCHECK never passed")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return _get(url)[0] == 200
+    except OSError:  # the admin listener already closed: not ready either
+        return False
 
 
 def _stop(proc: subprocess.Popen[str], within: float) -> float:
@@ -920,7 +1003,9 @@ def _stop(proc: subprocess.Popen[str], within: float) -> float:
 
 
 @pytest.mark.slow
-def test_image_build_and_run(image_venv: Path, image_root: Path, built: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_image_build_and_run(
+    image_venv: Path, image_root: Path, built: dict[tuple[str, str], dict[str, Any]]
+) -> None:
     """ENTRYPOINT + the Deployment's args, as the image user, with the pod's volumes laid
     out like the kubelet's; HEALTHCHECK, readiness, the config sha256, and the SIGTERM
     drain within terminationGracePeriodSeconds."""
@@ -939,13 +1024,18 @@ def test_image_build_and_run(image_venv: Path, image_root: Path, built: dict[tup
         elif "secret" in vol:
             data = built[("Secret", vol["secret"]["secretName"])]["data"]
             files = {k: base64.b64decode(v) for k, v in data.items()}
-            kubelet_volume(host, files, vol["secret"]["defaultMode"], pod["securityContext"]["fsGroup"])
+            kubelet_volume(
+                host, files, vol["secret"]["defaultMode"], pod["securityContext"]["fsGroup"]
+            )
         else:
             host.mkdir(parents=True)
             host.chmod(0o1777)
         mounts[m["mountPath"]] = host
     public, admin = _free_port(), _free_port()
-    addresses = {arg(c, "--listen"): f"127.0.0.1:{public}", arg(c, "--admin-listen"): f"127.0.0.1:{admin}"}
+    addresses = {
+        arg(c, "--listen"): f"127.0.0.1:{public}",
+        arg(c, "--admin-listen"): f"127.0.0.1:{admin}",
+    }
 
     def host_path(value: str) -> str:
         for mount_path in sorted(mounts, key=len, reverse=True):
@@ -964,16 +1054,39 @@ def test_image_build_and_run(image_venv: Path, image_root: Path, built: dict[tup
     argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
     assert argv[0] == str(image_venv / "bin" / "gateway")
     proc = subprocess.Popen(
-        argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **_as_image_user()
+        argv,
+        env=env,
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **_as_image_user(),
     )
     try:
         _wait_healthy(healthcheck_command(runtime), env, proc)
-        status, _ = _get(f"http://127.0.0.1:{admin}{c['readinessProbe']['httpGet']['path']}")
-        assert status == 200
+        readyz = f"http://127.0.0.1:{admin}{c['readinessProbe']['httpGet']['path']}"
+        assert _get(readyz)[0] == 200
         _, metrics = _get(f"http://127.0.0.1:{admin}/metrics")
         want = hashlib.sha256((OVERLAY / "config.json").read_bytes()).hexdigest()
         assert {labels["sha256"] for labels, _ in _metric(metrics, "gateway_config_info")} == {want}
-        elapsed = _stop(proc, pod["terminationGracePeriodSeconds"])
+        # The drain the grace period and the absent preStop hook are built on: readiness
+        # fails at once, the public listener still answers during drain_delay, exit 0.
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while _ready(readyz):
+            assert time.monotonic() - start < 2, "still ready 2 s after SIGTERM"
+            time.sleep(0.1)
+        unknown = urllib.request.Request(
+            f"http://127.0.0.1:{public}/", headers={"Host": "unknown.example"}
+        )
+        try:
+            urllib.request.urlopen(unknown, timeout=3)
+            raise AssertionError("an unknown Host was let through")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503  # answered by the gateway: still serving
+        assert time.monotonic() - start < DRAIN_DELAY_S
+        proc.wait(timeout=pod["terminationGracePeriodSeconds"] + 5)
+        elapsed = time.monotonic() - start
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -1042,18 +1155,31 @@ def test_systemd_unit() -> None:
     assert re.search(rf"^d\s+{tokens_dir}\s+0750\s+root\s+{svc['Group']}\s", tmpfiles, re.M)
 
 
-def test_systemd_security_score() -> None:
+def test_systemd_analyze(tmp_path: Path) -> None:
+    """systemd's own reading of the unit: no unknown or misspelled key (`verify`, with the
+    not-yet-installed ExecStart binary swapped for `true`), and an exposure score of at
+    most 2.5 ("OK") from `security`."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze not installed; test_systemd_unit checks the keys")
-    proc = subprocess.run(
-        # Exposure on systemd's 0-100 scale (printed divided by ten): fail above 2.5 "OK".
+        pytest.skip(
+            "systemd-analyze not installed (Debian package systemd); test_systemd_unit still runs"
+        )
+    copy_ = tmp_path / UNIT.name
+    copy_.write_text(
+        UNIT.read_text().replace("/opt/gateway/bin/gateway", shutil.which("true") or "/bin/true")
+    )
+    verify = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy_)], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stderr
+    security = subprocess.run(
+        # Exposure on systemd's 0-100 scale (printed divided by ten).
         [analyze, "security", "--offline=true", "--threshold=25", "--no-pager", str(UNIT)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert security.returncode == 0, security.stdout[-3000:] + security.stderr[-3000:]
 
 
 def test_install_docs_use_the_image_commands() -> None:
@@ -1091,7 +1217,11 @@ def test_systemd_exec_lines(image_venv: Path, image_root: Path) -> None:
             os.chown(p, 0, IMAGE_UID)
     public, admin = _free_port(), _free_port()
     start = shlex.split(svc["ExecStart"])
-    swaps = {"/opt/gateway/": f"{image_venv}/", "/etc/gateway/": f"{cfg_dir}/", "/etc/gateway-tokens/": f"{tok_dir}/"}
+    swaps = {
+        "/opt/gateway/": f"{image_venv}/",
+        "/etc/gateway/": f"{cfg_dir}/",
+        "/etc/gateway-tokens/": f"{tok_dir}/",
+    }
     addresses = {"127.0.0.1:9180": f"127.0.0.1:{admin}", "0.0.0.0:8080": f"127.0.0.1:{public}"}
     argv = []
     for a in start:
@@ -1099,35 +1229,62 @@ def test_systemd_exec_lines(image_venv: Path, image_root: Path) -> None:
             if a.startswith(old):
                 a = new + a[len(old) :]
         argv.append(addresses.get(a, a))
-    if "--listen" not in argv:
-        argv += ["--listen", f"127.0.0.1:{public}"]
     env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
     proc = subprocess.Popen(
-        argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **_as_image_user()
+        argv,
+        env=env,
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **_as_image_user(),
     )
     try:
-        health = [str(image_venv / "bin" / "python"), "-c", healthcheck_command(dockerfile_stages()[-1])[2]]
+        health = [
+            str(image_venv / "bin" / "python"),
+            "-c",
+            healthcheck_command(dockerfile_stages()[-1])[2],
+        ]
         _wait_healthy(health, {**env, "GATEWAY_ADMIN_PORT": str(admin)}, proc)
 
-        def reloads() -> float:
+        def served_sha() -> set[str]:
             _, text = _get(f"http://127.0.0.1:{admin}/metrics")
-            return sum(v for labels, v in _metric(text, "gateway_config_reloads_total") if labels.get("result") == "success")
+            return {labels["sha256"] for labels, _ in _metric(text, "gateway_config_info")}
 
-        before = reloads()
+        def wait_for_sha(path: Path) -> None:
+            want = hashlib.sha256(path.read_bytes()).hexdigest()
+            deadline = time.monotonic() + 15
+            while served_sha() != {want}:
+                assert time.monotonic() < deadline, f"never served {want}: {served_sha()}"
+                time.sleep(0.2)
+
+        wait_for_sha(cfg_dir / "config.json")
+        # `systemctl reload`: SIGHUP must reload, not kill (Python's default for SIGHUP).
         reload_argv = [a.replace("$MAINPID", str(proc.pid)) for a in shlex.split(svc["ExecReload"])]
         subprocess.run(reload_argv, check=True, timeout=10)
-        deadline = time.monotonic() + 15
-        while reloads() <= before:
-            assert time.monotonic() < deadline, "SIGHUP did not reload"
-            time.sleep(0.2)
-        assert proc.poll() is None
-        # `gateway endpoints add` as the unit's user: the directory must be writable.
-        cli = [str(image_venv / "bin" / "gateway"), "endpoints", "add", "--config", str(cfg_dir / "config.json"),
-               "production", "new.acme.com"]  # fmt: skip
-        add = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, **_as_image_user())
+        time.sleep(1.0)
+        assert proc.poll() is None, "SIGHUP stopped the gateway"
+        _wait_healthy(health, {**env, "GATEWAY_ADMIN_PORT": str(admin)}, proc)
+        # A self-service write as the unit's user: the temp file, the rename and the audit
+        # log all land in the config directory, which must be writable; then it is live.
+        gateway = str(image_venv / "bin" / "gateway")
+        cli = [
+            gateway,
+            "endpoints",
+            "add",
+            "--config",
+            str(cfg_dir / "config.json"),
+            "production",
+            "new.acme.com",
+        ]
+        add = subprocess.run(
+            cli, env=env, capture_output=True, text=True, timeout=60, **_as_image_user()
+        )
         assert add.returncode == 0, add.stdout + add.stderr
         doc = json.loads((cfg_dir / "config.json").read_text())
         assert "new.acme.com" in doc["environments"][0]["secure_endpoints"]
+        subprocess.run(reload_argv, check=True, timeout=10)
+        wait_for_sha(cfg_dir / "config.json")
         elapsed = _stop(proc, float(svc["TimeoutStopSec"]))
     finally:
         if proc.poll() is None:
@@ -1135,4 +1292,3 @@ def test_systemd_exec_lines(image_venv: Path, image_root: Path) -> None:
         _, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
     assert elapsed < float(svc["TimeoutStopSec"])
-

@@ -241,7 +241,9 @@ def test_10mib_bodies_stream_both_ways(upstream: Upstream, tmp_path: Path) -> No
         assert resp.json()["body_bytes"] == size
         # chunked upload, then a 10 MiB download with and without Content-Length
         with socket.create_connection(("127.0.0.1", gw.port()), timeout=30) as s:
-            s.sendall(b"POST /up2 HTTP/1.1\r\nHost: www.acme.com\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(
+                b"POST /up2 HTTP/1.1\r\nHost: www.acme.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             for _ in range(size // 65536):
                 s.sendall(b"10000\r\n" + b"z" * 65536 + b"\r\n")
             s.sendall(b"0\r\n\r\n")
@@ -251,7 +253,9 @@ def test_10mib_bodies_stream_both_ways(upstream: Upstream, tmp_path: Path) -> No
             s.sendall(f"GET /__bytes/{size} HTTP/1.1\r\nHost: www.acme.com\r\n\r\n".encode())
             resp = read_response(s, buf)
             assert resp.status == 200 and len(resp.body) == size
-            s.sendall(f"GET /__bytes/{size}?length=0 HTTP/1.1\r\nHost: www.acme.com\r\n\r\n".encode())
+            s.sendall(
+                f"GET /__bytes/{size}?length=0 HTTP/1.1\r\nHost: www.acme.com\r\n\r\n".encode()
+            )
             resp = read_response(s, buf)
             assert resp.status == 200 and len(resp.body) == size
         growth_mib = (_rss_kb(pid) - before) / 1024
@@ -266,10 +270,15 @@ def test_body_over_the_limit_is_refused_with_413(upstream: Upstream, tmp_path: P
     cfg["environments"][0]["limits"] = {"max_body_bytes": 1000}
     gw = start_gateway(cfg, tmp_path)
     try:
-        data = b"POST / HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001
+        data = (
+            b"POST / HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001
+        )
         (resp,) = raw_request(gw.port(), data)
         assert resp.status == 413
-        ok = b"POST / HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + b"a" * 1000
+        ok = (
+            b"POST / HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+            + b"a" * 1000
+        )
         (resp,) = raw_request(gw.port(), ok)
         assert resp.status == 200
         m = gw.metrics()
@@ -319,9 +328,13 @@ def test_metrics_count_what_was_sent(upstream: Upstream, tmp_path: Path) -> None
         m = gw.metrics()
         for (kind, label), n in sent.items():
             if kind == "allowed":
-                got = metric_sum(m, "gateway_requests_allowed_total", match=label, environment="production")
+                got = metric_sum(
+                    m, "gateway_requests_allowed_total", match=label, environment="production"
+                )
             else:
-                got = metric_sum(m, "gateway_requests_blocked_total", reason=label, environment="production")
+                got = metric_sum(
+                    m, "gateway_requests_blocked_total", reason=label, environment="production"
+                )
             assert got == n, (kind, label)
         total = metric_sum(m, "gateway_requests_allowed_total") + metric_sum(
             m, "gateway_requests_blocked_total"
@@ -381,8 +394,12 @@ def test_config_errors_stop_startup_with_exit_2(tmp_path: Path) -> None:
         json.dumps(
             {
                 "environments": [
-                    {"name": "a", "hostname": "a.example", "upstreams": ["http://127.0.0.1:1"],
-                     "secure_endpoints": ["ok.example", "*"]}
+                    {
+                        "name": "a",
+                        "hostname": "a.example",
+                        "upstreams": ["http://127.0.0.1:1"],
+                        "secure_endpoints": ["ok.example", "*"],
+                    }
                 ]
             }
         )
