@@ -37,6 +37,7 @@ log = logging.getLogger("gateway.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+IDENTITY = web.RequestKey("identity", Identity)  # who made the request, set by _need
 # How long a write waits for its config to be the one serving before saying so (504).
 WRITE_LIVE_TIMEOUT_S = 10.0
 
@@ -131,7 +132,7 @@ class AdminApp:
             who = self._identify(request, role, loopback_without_tokens)
             if isinstance(who, web.Response):
                 return who
-            request["identity"] = who
+            request[IDENTITY] = who
             return await handler(request)
 
         return guarded

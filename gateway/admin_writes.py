@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from gateway import edits
-from gateway.admin import AdminApp, api_error, json_response
+from gateway.admin import IDENTITY, AdminApp, api_error, json_response
 from gateway.store import Actor, EditResult, Mutation, StoreError
 
 log = logging.getLogger("gateway.admin")
@@ -111,7 +111,7 @@ class WriteRoutes:
         store = self.admin.store
         if store is None:
             return api_error(503, "no config file to change", reason="no_config")
-        who = request["identity"]
+        who = request[IDENTITY]
         name = request.match_info["name"]
         if_match = request.headers.get("If-Match")
         async with self._lock:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.accesslog import AccessLog
 from gateway.admin import AdminApp
 from gateway.config import LoadedConfig, listeners_of, parse_bind
 from gateway.metrics import WorkerStats
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.server import AiohttpEngine
+from gateway.tls import TLSError, TLSManager
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +38,7 @@ class RunOptions:
     drain_timeout: float = 20.0
     admin_tokens: str | None = None
     watch: bool = True
+    access_log: str | None = None
 
 
 class StartupError(Exception):
@@ -56,7 +59,13 @@ def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
 async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     runtime = Runtime(loaded, opts.listen)
     gc.freeze()  # the startup snapshot is long-lived: keep it out of GC scans (see reload)
-    engine = AiohttpEngine(runtime)
+    try:
+        tls = TLSManager(loaded.config, opts.listen)
+    except TLSError as exc:
+        raise StartupError(str(exc)) from None
+    runtime.on_swap(lambda snap: tls.reload(snap.config))
+    access_log = AccessLog(opts.access_log) if opts.access_log else None
+    engine = AiohttpEngine(runtime, access_log)
     binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
     try:
         admin_bind = parse_bind(opts.admin_listen)
@@ -69,7 +78,7 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     runner = web.AppRunner(admin.app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await engine.start(binds)
+        await engine.start(binds, tls.contexts)
         site = web.TCPSite(runner, admin_bind.host, admin_bind.port, reuse_address=True)
         await site.start()
     except OSError as exc:
@@ -93,6 +102,8 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    if access_log is not None:
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
     await stop.wait()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
@@ -104,5 +115,7 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     await engine.shutdown(opts.drain_timeout)
     await reloader.stop()
     await runner.cleanup()
+    if access_log is not None:
+        access_log.close()
     log.info("stopped")
     return 0

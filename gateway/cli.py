@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         admin_tokens=args.admin_tokens,
         watch=not args.no_watch,
+        access_log=args.access_log,
     )
     if args.engine != "aiohttp":
         print(f"gateway: unknown engine {args.engine!r} (available: aiohttp)", file=sys.stderr)
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="aiohttp")
     run.add_argument("--drain-delay", type=float, default=5.0)
     run.add_argument("--drain-timeout", type=float, default=20.0)
+    run.add_argument("--access-log", help="write JSON-lines access log to this file")
     run.add_argument(
         "--no-watch",
         action="store_true",

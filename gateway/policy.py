@@ -198,8 +198,10 @@ class ListenerPolicy:
         health_path: str | None,
         counters: Counters,
         top_blocked: BlockedSpec,
+        proxy_protocol: bool = False,
     ) -> None:
         self.name = name
+        self.proxy_protocol = proxy_protocol
         self.top_blocked = top_blocked
         self.default_port = 443 if tls else 80
         self.tls = tls
@@ -502,6 +504,7 @@ def compile_config(
             lst.health_path,
             counters,
             BlockedSpec(0 if top.status == "close" else int(top.status), top.body),
+            lst.proxy_protocol,
         )
         # Pre-create the series dashboards plot, so rate() sees 0 rather than nothing.
         for env in members:

@@ -154,6 +154,11 @@ class Forwarder:
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Forwarder.start() first"
+        return self._session
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -12,13 +12,17 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any
+import time
+from typing import Any, cast
 
+import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from gateway import proxy_protocol
+from gateway.accesslog import AccessLog
 from gateway.config import Bind
-from gateway.policy import Decision, ListenerPolicy
+from gateway.policy import Decision, EnvPolicy
 from gateway.proxy import BodyTooLarge, Forwarder, client_address, upstream_headers
 from gateway.responses import new_request_id, refusal_text
 from gateway.runtime import Runtime
@@ -27,18 +31,30 @@ log = logging.getLogger("gateway.server")
 # A refused request's body is drained up to this much so the connection can be kept;
 # beyond it the connection is closed (the body is never parsed as a next request).
 DISCARD_LIMIT = 64 * 1024
+SNI_ATTR = "gateway_sni"
+
+
+def host_part(forward_host: str) -> str:
+    """``www.acme.com:8443`` -> ``www.acme.com``; ``[::1]:80`` -> ``[::1]``."""
+    if forward_host.startswith("["):
+        return forward_host[: forward_host.index("]") + 1]
+    return forward_host.partition(":")[0]
 
 
 class ListenerEngine:
     """Serves one listener: decides, refuses or forwards."""
 
-    def __init__(self, name: str, runtime: Runtime, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        forwarder: Forwarder,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.name = name
         self.runtime = runtime
         self.forwarder = forwarder
-
-    def policy(self) -> ListenerPolicy:
-        return self.runtime.snapshot.listeners[self.name]
+        self.access_log = access_log
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime
@@ -49,17 +65,22 @@ class ListenerEngine:
         if lp.health_path is not None and target == lp.health_path:
             return _health(rt)
         decision, forward_host = lp.decide(msg.headers.getall("Host", ()), msg.method, target)
+        if lp.tls and forward_host and not _sni_matches(request, forward_host):
+            decision = lp.refusals["sni_mismatch"]
         counters = rt.counters.values
         counters[decision.slot] += 1
         if decision.disagreement_slot >= 0:
             counters[decision.disagreement_slot] += 1
         request_id = new_request_id()
         if decision.action == "refuse":
-            return self._refuse(request, decision, request_id, snap.short_sha)
+            resp = self._refuse(request, decision, request_id, snap.short_sha)
+            if self.access_log is not None:
+                self._access(request, decision, resp.status, request_id, snap.short_sha, None, 0.0)
+            return resp
         env = decision.env
         assert env is not None
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        protocol = request.protocol
+        peer_ip = getattr(protocol, "client_addr", None) or _peer(request)
         _client, xff = client_address(
             peer_ip, msg.headers.get("X-Forwarded-For"), snap.loaded.trusted_proxies
         )
@@ -69,15 +90,131 @@ class ListenerEngine:
         extra: list[tuple[str, str]] = [("X-Request-ID", request_id)]
         if snap.config.expose_config_version:
             extra.append(("X-Gateway-Config", snap.short_sha))
+        started = time.monotonic()
         rt.in_flight[self.name] = rt.in_flight.get(self.name, 0) + 1
+        status = 0
         try:
-            return await self.forwarder.forward(request, env, headers, _origin_form(target), extra)
+            if msg.upgrade and request.headers.get("Upgrade", "").lower() == "websocket":
+                resp = await self._websocket(
+                    request, env, headers, target, snap.config.timeouts.websocket_idle_s
+                )
+            else:
+                resp = await self.forwarder.forward(
+                    request, env, headers, _origin_form(target), extra
+                )
+            status = resp.status
+            return resp
         except BodyTooLarge:
-            counters[lp.refusals["body_too_large"].slot] += 1
+            refusal = lp.refusals["body_too_large"]
+            counters[refusal.slot] += 1
             counters[decision.slot] -= 1  # counted once: as refused, not as allowed
-            return self._refuse(request, lp.refusals["body_too_large"], request_id, snap.short_sha)
+            resp = self._refuse(request, refusal, request_id, snap.short_sha)
+            status = resp.status
+            return resp
         finally:
             rt.in_flight[self.name] -= 1
+            if self.access_log is not None:
+                self._access(
+                    request, decision, status, request_id, snap.short_sha, env.name,
+                    time.monotonic() - started,
+                )  # fmt: skip
+
+    def _access(
+        self,
+        request: web.BaseRequest,
+        decision: Decision,
+        status: int,
+        request_id: str,
+        sha: str,
+        upstream: str | None,
+        duration: float,
+    ) -> None:
+        assert self.access_log is not None
+        self.access_log.write(
+            {
+                "time": time.time(),
+                "request_id": request_id,
+                "client": getattr(request.protocol, "client_addr", None) or _peer(request),
+                "listener": self.name,
+                "environment": decision.environment,
+                "decision": "allowed" if decision.action == "forward" else "blocked",
+                "reason": decision.label,
+                "status": status,
+                "method": request.method,
+                "upstream": upstream,
+                "duration_s": round(duration, 6),
+                "config": sha,
+            }
+        )
+
+    async def _websocket(
+        self,
+        request: web.BaseRequest,
+        env: EnvPolicy,
+        headers: Any,
+        target: str,
+        idle_s: float,
+    ) -> web.StreamResponse:
+        """Proxy a WebSocket both ways, message by message, closing it after ``idle_s``
+        without traffic in either direction."""
+        session = self.forwarder.session
+        up = self.forwarder.pool(env).upstreams[0]
+        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
+            headers.popall(name, None)
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        headers.popall("Sec-WebSocket-Protocol", None)
+        scheme = "wss" if up.scheme == "https" else "ws"
+        try:
+            upstream = await session.ws_connect(
+                f"{scheme}://{up.url.split('://', 1)[1]}{_origin_form(target)}",
+                headers=headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                autoping=True,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            self.forwarder.stats.error(env.name, "connect")
+            return web.Response(status=502, text="502 upstream refused the WebSocket\n")
+        ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
+        await ws.prepare(request)
+        self.forwarder.stats.response(env.name, 101, 0.0)
+        loop = asyncio.get_running_loop()
+        last = [loop.time()]
+
+        async def pump(src: Any, dst: Any) -> None:
+            async for m in src:
+                last[0] = loop.time()
+                if m.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(m.data)
+                elif m.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(m.data)
+                else:
+                    break
+
+        async def idle() -> None:
+            while True:
+                await asyncio.sleep(min(idle_s, 1.0))
+                if loop.time() - last[0] > idle_s:
+                    return
+
+        tasks = [
+            asyncio.ensure_future(pump(ws, upstream)),
+            asyncio.ensure_future(pump(upstream, ws)),
+            asyncio.ensure_future(idle()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+            await ws.close()
+        return ws
 
     def _refuse(
         self, request: web.BaseRequest, decision: Decision, request_id: str, short_sha: str
@@ -139,6 +276,22 @@ class ListenerEngine:
         return resp
 
 
+def _peer(request: web.BaseRequest) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+
+def _sni_matches(request: web.BaseRequest, forward_host: str) -> bool:
+    """Strict SNI (Traefik, Caddy): the TLS server name must be the Host's host, so a
+    certificate for one name cannot carry requests for another."""
+    sni = getattr(request.protocol, "sni", None)
+    host = host_part(forward_host)
+    if sni is None:
+        # Clients send no SNI when they connect to an IP literal (RFC 6066 §3).
+        return host[:1] == "[" or host.replace(".", "").isdigit()
+    return bool(sni.rstrip(".").lower() == host)
+
+
 def _origin_form(target: str) -> str:
     if target[:1] == "/":
         return target
@@ -160,19 +313,115 @@ def _health(rt: Runtime) -> web.Response:
 
 
 class _Handler(RequestHandler):
+    """aiohttp's connection protocol plus what it lacks for an edge server: a deadline for
+    the request headers (slowloris), a connection cap, PROXY protocol, the TLS SNI name."""
+
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._engine = manager.engine
+        self._accepted = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._handled = 0
+        self._proxy_buf: bytearray | None = None
+        self.client_addr: str | None = None
+        self.sni: str | None = None
+
+    # -- connection lifecycle -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        engine = self._engine
+        rt = engine.runtime
+        snap = rt.snapshot
+        if rt.connections_open.get(engine.name, 0) >= snap.config.limits.max_connections:
+            rt.refused_connection(engine.name, "connection_limit")
+            # Refused at once: an RST costs the client nothing and frees the slot now.
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._accepted = True
+        rt.connections_open[engine.name] = rt.connections_open.get(engine.name, 0) + 1
         super().connection_made(transport)
-        rt = self._engine.runtime
-        rt.connections_open[self._engine.name] = rt.connections_open.get(self._engine.name, 0) + 1
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None:
+            self.sni = getattr(ssl_obj, SNI_ATTR, None)
+        if snap.listeners[engine.name].proxy_protocol:
+            self._proxy_buf = bytearray()
+        self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        rt = self._engine.runtime
-        rt.connections_open[self._engine.name] -= 1
+        if not self._accepted:
+            return
+        self._accepted = False
+        self._disarm()
+        self._engine.runtime.connections_open[self._engine.name] -= 1
         super().connection_lost(exc)
+
+    # -- header deadline ------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            timeout = self._engine.runtime.snapshot.config.timeouts.header_s
+            self._deadline = self._loop.call_later(timeout, self._header_timeout)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_timeout(self) -> None:
+        self._deadline = None
+        self._engine.runtime.refused_connection(self._engine.name, "header_timeout")
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._handled += 1
+
+    def data_received(self, data: bytes) -> None:
+        if self._proxy_buf is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._disarm()  # a whole header block arrived
+        elif self._handled >= self._request_count and not self._upgraded:
+            # Idle keep-alive connection receiving the start of its next request: the
+            # clock for its headers starts now (nginx client_header_timeout).
+            self._arm()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        assert self._proxy_buf is not None
+        self._proxy_buf += data
+        try:
+            header = proxy_protocol.parse(bytes(self._proxy_buf))
+        except proxy_protocol.ProxyProtocolError as exc:
+            self._engine.runtime.refused_connection(self._engine.name, "proxy_protocol")
+            log.info("closing connection: %s", exc)
+            self._proxy_buf = None
+            if self.transport is not None:
+                self.transport.abort()
+            return b""
+        if header is None:
+            return b""
+        rest = bytes(self._proxy_buf[header.consumed :])
+        self._proxy_buf = None
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if header.client is not None and isinstance(peer, tuple) and self._trusted(peer[0]):
+            self.client_addr = header.client
+        return rest
+
+    def _trusted(self, peer: str) -> bool:
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._engine.runtime.snapshot.loaded.trusted_proxies)
 
     def handle_error(
         self,
@@ -195,11 +444,23 @@ class _Server(web.Server):
         return _Handler(self, loop=self._loop, **self._kwargs)
 
 
+def sni_recorder(ctx: ssl.SSLContext) -> None:
+    """Keep the client's SNI name on the SSL object, for the Host check."""
+
+    def callback(
+        obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        setattr(obj, SNI_ATTR, name.lower() if name else None)
+
+    ctx.sni_callback = callback
+
+
 class AiohttpEngine:
     name = "aiohttp"
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, access_log: AccessLog | None = None) -> None:
         self.runtime = runtime
+        self.access_log = access_log
         self.forwarder = Forwarder(runtime.counters)
         self._servers: dict[str, _Server] = {}
         self._listening: list[asyncio.AbstractServer] = []
@@ -215,7 +476,7 @@ class AiohttpEngine:
         loop = asyncio.get_running_loop()
         cfg = self.runtime.snapshot.config
         for name, bind in binds.items():
-            engine = ListenerEngine(name, self.runtime, self.forwarder)
+            engine = ListenerEngine(name, self.runtime, self.forwarder, self.access_log)
             server = _Server(
                 engine,
                 keepalive_timeout=cfg.timeouts.keepalive_s,

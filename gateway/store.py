@@ -259,16 +259,20 @@ class ConfigStore:
 
     def _open_audit(self) -> int:
         try:
-            return self.audit.open()
+            fd = self.audit.open()
         except AuditError as exc:
             raise StoreError(
                 507, "audit_unwritable", f"{exc}; the change was not made (every change is audited)"
             ) from None
+        _give_to_config_owner(fd, self.path)
+        return fd
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+            # Read-only is enough for flock, so a lock file another user created (an
+            # operator's `sudo gateway endpoints ...`) still works for the gateway's user.
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise _write_error(self.path, exc, f"create the lock file {self.lock_path}") from None
         try:
@@ -343,6 +347,17 @@ class ConfigStore:
                 os.unlink(tmp)
             raise
         _fsync_dir(directory)
+
+
+def _give_to_config_owner(fd: int, config_path: str) -> None:
+    """A new audit log made by root (``sudo gateway endpoints ...``) goes to the config's
+    owner, or the gateway, running as that owner, could no longer append to it."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        st, cfg = os.fstat(fd), os.stat(config_path)
+        if st.st_size == 0 and (st.st_uid, st.st_gid) != (cfg.st_uid, cfg.st_gid):
+            os.fchown(fd, cfg.st_uid, cfg.st_gid)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -69,7 +69,10 @@ def parse_tokens(raw: bytes, path: str = "tokens file") -> tuple[TokenEntry, ...
     try:
         entries = msgspec.json.decode(raw, type=list[TokenEntry])
     except msgspec.DecodeError as exc:
-        raise TokensError(f"{path}: {exc}") from None
+        # "Invalid enum value 'root' - at `$[0].role`" -> "[0].role: Invalid enum value 'root'"
+        msg, sep, at = str(exc).rpartition(" - at `")
+        where = at.rstrip("`").removeprefix("$") if sep else ""
+        raise TokensError(f"{path}: {where}: {msg}" if sep else f"{path}: {exc}") from None
     names: set[str] = set()
     hashes: set[str] = set()
     for i, e in enumerate(entries):

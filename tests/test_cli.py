@@ -77,14 +77,18 @@ def test_endpoints_list_add_remove_replace(cfg: Path, capsys: pytest.CaptureFixt
         "www.acme.test\nacme.test\n",
         "",
     )
-    code, out, _ = run(capsys, "endpoints", "add", "--config", c, "prod", "B.acme.test", "c.acme.test")
+    code, out, _ = run(
+        capsys, "endpoints", "add", "--config", c, "prod", "B.acme.test", "c.acme.test"
+    )
     assert code == 0 and "added b.acme.test, c.acme.test" in out
     code, out, _ = run(capsys, "endpoints", "add", "--config", c, "prod", "b.acme.test")
     assert code == 0 and "already so" in out
     code, out, _ = run(capsys, "endpoints", "remove", "--config", c, "prod", "acme.test")
     assert code == 0 and entries(cfg) == ["www.acme.test", "b.acme.test", "c.acme.test"]
     assert run(capsys, "endpoints", "remove", "--config", c, "prod", "acme.test")[0] == 0
-    code, out, _ = run(capsys, "endpoints", "replace", "--config", c, "--json", "prod", "z.acme.test")
+    code, out, _ = run(
+        capsys, "endpoints", "replace", "--config", c, "--json", "prod", "z.acme.test"
+    )
     assert code == 0 and json.loads(out)["changed"] is True
     assert entries(cfg) == ["z.acme.test"]
     code, out, _ = run(capsys, "endpoints", "list", "--config", c, "--json", "prod")
@@ -115,7 +119,9 @@ def test_refusals_exit_1(cfg: Path, capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 1 and "locked" in err
     code, _, err = run(capsys, "endpoints", "add", "--config", c, "nope", "x.test")
     assert code == 1 and "unknown environment 'nope'" in err
-    code, _, err = run(capsys, "endpoints", "add", "--config", c, "--if-match", "0" * 64, "prod", "x.test")
+    code, _, err = run(
+        capsys, "endpoints", "add", "--config", c, "--if-match", "0" * 64, "prod", "x.test"
+    )
     assert code == 1 and "changed since" in err
     code, out, _ = run(capsys, "enforcement", "--config", c, "--json", "lifetime", "off")
     assert code == 1 and json.loads(out)["reason"] == "locked"
@@ -124,7 +130,9 @@ def test_refusals_exit_1(cfg: Path, capsys: pytest.CaptureFixture[str], tmp_path
     assert run(capsys, "enforcement", "--config", c, "prod", "block")[0] == 2
 
 
-def test_external_management_refuses_every_write(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_external_management_refuses_every_write(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = config()
     data["management"] = "external"
     cfg.write_text(json.dumps(data))
@@ -183,7 +191,9 @@ def test_check_exit_codes_and_prechecks(
     redirects.write_text(
         "Original URL,New URL\n/old,https://www.acme.test/new\n/x,https://blog.acme.test/\n"
     )
-    code, out, _ = run(capsys, "check", "--config", c, "--cert", str(pem), "--redirects", str(redirects))
+    code, out, _ = run(
+        capsys, "check", "--config", c, "--cert", str(pem), "--redirects", str(redirects)
+    )
     assert code == 1
     assert "uncovered: shop.acme.test" in out and "uncovered: pay.acme.test" in out
     assert "uncovered: blog.acme.test" in out and "uncovered: www.acme.test" not in out
@@ -192,7 +202,10 @@ def test_check_exit_codes_and_prechecks(
     )
     report = json.loads(out)
     assert code == 1 and report["ok"] is False
-    assert {u["host"] for u in report["certificates"]["uncovered"]} == {"shop.acme.test", "pay.acme.test"}
+    assert {u["host"] for u in report["certificates"]["uncovered"]} == {
+        "shop.acme.test",
+        "pay.acme.test",
+    }
     assert [u["host"] for u in report["redirects"]["uncovered"]] == ["blog.acme.test"]
 
     # Warnings pass, unless --strict.

@@ -16,8 +16,9 @@ this machine, so what can be checked is checked here instead:
   the console script is started with the image's ENTRYPOINT and the Deployment's args, as
   the image's non-root user, on a config directory laid out the way the kubelet lays out a
   ConfigMap, and polled with the image's HEALTHCHECK command;
-- the systemd unit: parsed, scored by `systemd-analyze security`, and its ExecStart,
-  ExecReload and stop signal exercised the same way.
+- the systemd unit: parsed, read by `systemd-analyze verify` (no unknown key) and scored by
+  `systemd-analyze security`, and its ExecStart, ExecReload, a self-service write
+  (`gateway endpoints add` as the unit's user) and its stop signal exercised the same way.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import pytest
 import referencing
-import referencing.jsonschema
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -386,6 +386,9 @@ def test_validator_works_offline_and_is_strict() -> None:
         validate_object(pm)
     with pytest.raises(AssertionError, match="selector"):
         validate_object({**pm, "spec": {"podMetricsEndpoints": [{"port": "admin"}]}})
+    # A custom resource's metadata is checked against the real ObjectMeta schema.
+    with pytest.raises(AssertionError, match="lables"):
+        validate_object({**pm, "metadata": {"name": "x", "lables": {}}})
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
@@ -983,6 +986,13 @@ def _wait_healthy(health: list[str], env: dict[str, str], proc: subprocess.Popen
     raise AssertionError("HEALTHCHECK never passed")
 
 
+def _kill(proc: subprocess.Popen[str]) -> str:
+    """Make sure the process is gone; its stderr."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate()[1]
+
+
 def _ready(url: str) -> bool:
     try:
         return _get(url)[0] == 200
@@ -1087,10 +1097,10 @@ def test_image_build_and_run(
         assert time.monotonic() - start < DRAIN_DELAY_S
         proc.wait(timeout=pod["terminationGracePeriodSeconds"] + 5)
         elapsed = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, stderr = proc.communicate()
+    except BaseException as exc:
+        exc.add_note(f"gateway stderr:\n{_kill(proc)[-3000:]}")
+        raise
+    stderr = _kill(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert elapsed < pod["terminationGracePeriodSeconds"], elapsed
     # A read-only mount and a non-root user: nothing was written beside the config.
@@ -1286,9 +1296,9 @@ def test_systemd_exec_lines(image_venv: Path, image_root: Path) -> None:
         subprocess.run(reload_argv, check=True, timeout=10)
         wait_for_sha(cfg_dir / "config.json")
         elapsed = _stop(proc, float(svc["TimeoutStopSec"]))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, stderr = proc.communicate()
+    except BaseException as exc:
+        exc.add_note(f"gateway stderr:\n{_kill(proc)[-3000:]}")
+        raise
+    stderr = _kill(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert elapsed < float(svc["TimeoutStopSec"])

@@ -29,7 +29,9 @@ def find(findings: list[Finding], level: str, where: str, text: str) -> Finding:
     for f in findings:
         if f.level == level and f.where == where and text in f.message:
             return f
-    raise AssertionError(f"no {level} at {where} with {text!r} in:\n" + "\n".join(map(str, findings)))
+    raise AssertionError(
+        f"no {level} at {where} with {text!r} in:\n" + "\n".join(map(str, findings))
+    )
 
 
 def test_lint_flags_what_the_issue_lists() -> None:
@@ -87,7 +89,12 @@ def test_lint_reports_overlap_between_environments_and_candidate_diff() -> None:
         ]
     )
     f = lint(cfg)
-    find(f, "warning", "listener default", "'shop.acme.test' (a) is also matched by '*.acme.test' (b)")
+    find(
+        f,
+        "warning",
+        "listener default",
+        "'shop.acme.test' (a) is also matched by '*.acme.test' (b)",
+    )
     find(f, "info", "environments[1].candidate_endpoints", "adds new.test")
     find(f, "info", "environments[1].enforcement", "report")
 
@@ -146,7 +153,13 @@ def test_every_uncovered_san_is_named(tmp_path: Path) -> None:
     total, missing = check_certificates(loaded([dict(e) for e in ENVS]), [str(pem)])
     assert total == 11
     by_host = {u.host: u for u in missing}
-    assert set(by_host) == {"acme.test", "mail.acme.test", "*.acme.test", "[2001:db8::5]", "second.acme.test"}
+    assert set(by_host) == {
+        "acme.test",
+        "mail.acme.test",
+        "*.acme.test",
+        "[2001:db8::5]",
+        "second.acme.test",
+    }
     assert "only on port 8443" in by_host["acme.test"].detail
     assert by_host["second.acme.test"].where == ["CN=second.acme.test"]
 

@@ -137,7 +137,9 @@ def test_200_reloads_under_load_decide_every_request_by_one_config(
         for k in range(200):
             data, sha = (b, sha_b) if k % 2 == 0 else (a, sha_a)
             write_atomic(path, data)
-            times.append(wait_until(lambda sha=sha: live_sha(gw) == sha, timeout=15, interval=0.005))
+            times.append(
+                wait_until(lambda sha=sha: live_sha(gw) == sha, timeout=15, interval=0.005)
+            )
         elapsed = time.monotonic() - t_start
         stop.set()
         for t in threads:
@@ -199,8 +201,14 @@ def test_configmap_symlink_swaps(upstream: Upstream, tmp_path: Path) -> None:
 
 
 def _big_json() -> bytes:
-    entries = json.dumps([f"h{i:08d}.padding-to-make-this-file-large.example.com" for i in range(900_000)])
-    return b'{"environments": [{"name": "x", "hostname": "x.example", "upstreams": ["http://127.0.0.1:9"], "secure_endpoints": ' + entries.encode() + b"}]}"
+    entries = json.dumps(
+        [f"h{i:08d}.padding-to-make-this-file-large.example.com" for i in range(900_000)]
+    )
+    return (
+        b'{"environments": [{"name": "x", "hostname": "x.example", "upstreams": ["http://127.0.0.1:9"], "secure_endpoints": '
+        + entries.encode()
+        + b"}]}"
+    )
 
 
 BAD_WRITERS: list[tuple[str, Any]] = [
@@ -324,6 +332,7 @@ def test_large_reload_does_not_stall_the_loop(
     """Not a timed test: it checks the reload lands and records its cost (the benchmark in
     bench/reload_bench.py measures latency under load)."""
     per_env = n_entries // 5
+
     def big(tag: str) -> bytes:
         envs = [
             {
@@ -345,7 +354,9 @@ def test_large_reload_does_not_stall_the_loop(
         m = gw.metrics()
         duration = metric_sum(m, "gateway_config_last_reload_duration_seconds")
         stall = metric_sum(m, "gateway_config_last_reload_loop_stall_seconds")
-        print(f"\n{n_entries} entries: reload {duration:.3f}s, longest loop stall {stall * 1000:.1f} ms")
+        print(
+            f"\n{n_entries} entries: reload {duration:.3f}s, longest loop stall {stall * 1000:.1f} ms"
+        )
         assert duration > 0 and stall > 0
         assert metric_sum(m, "gateway_allowlist_entries") == n_entries
     finally:

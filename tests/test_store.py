@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import threading
@@ -230,7 +231,11 @@ def test_editor_saving_meanwhile_is_not_overwritten(
         ConfigStore(str(cfg)).edit("prod", "add", edits.add(["a.test"]), ME)
     refused(exc, 412, "modified_meanwhile")
     assert cfg.read_bytes() == editor_version
-    assert sorted(p.name for p in cfg.parent.iterdir()) == ["gw.json", "gw.json.audit.jsonl", "gw.json.lock"]
+    assert sorted(p.name for p in cfg.parent.iterdir()) == [
+        "gw.json",
+        "gw.json.audit.jsonl",
+        "gw.json.lock",
+    ]
     assert audit_lines(cfg) == []
 
 
@@ -315,11 +320,15 @@ def test_concurrent_writers_lose_nothing(cfg: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert set(env_doc(cfg, "prod")["secure_endpoints"]) == {"www.acme.test", "*.shop.acme.test", *hosts}
+    assert set(env_doc(cfg, "prod")["secure_endpoints"]) == {
+        "www.acme.test",
+        "*.shop.acme.test",
+        *hosts,
+    }
     lines = audit_lines(cfg)
     assert len(lines) == 40
     # Serialised: each change starts from the version the previous one wrote.
-    for prev, nxt in zip(lines, lines[1:], strict=False):
+    for prev, nxt in itertools.pairwise(lines):
         assert nxt["sha256_before"] == prev["sha256_after"]
 
 
