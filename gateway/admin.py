@@ -276,7 +276,7 @@ class AdminApp:
     async def environment(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in self.runtime.snapshot.envs:
-            return api_error(404, f"unknown environment {name!r}")
+            return api_error(404, f"unknown environment {name!r}", reason="unknown_environment")
         view = self.env_view(name)
         view["config_sha256"] = self.runtime.snapshot.sha256
         return json_response(view, headers={"ETag": self._etag()})

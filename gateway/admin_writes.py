@@ -135,7 +135,7 @@ class WriteRoutes:
                     result.sha256_before[:12],
                     result.sha256_after[:12],
                 )
-            live, why = await self._wait_live(result.sha256_after)
+            live, why = await self._wait_live(result.sha256_after, result.changed)
         return self._answer(result, live, why)
 
     def _answer(self, result: EditResult, live: bool, why: str) -> web.Response:
@@ -165,9 +165,9 @@ class WriteRoutes:
             body["audit_error"] = result.audit_error
         return json_response(body, headers={"ETag": f'"{snap.sha256}"'})
 
-    async def _wait_live(self, sha: str) -> tuple[bool, str]:
+    async def _wait_live(self, sha: str, changed: bool) -> tuple[bool, str]:
         runtime = self.admin.runtime
-        if runtime.snapshot.sha256 == sha:
+        if not changed and runtime.snapshot.sha256 == sha:
             return True, ""
         reloader = self.admin.reloader
         if reloader is None:
@@ -175,10 +175,12 @@ class WriteRoutes:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout_s
             while loop.time() < deadline:
-                await asyncio.sleep(0.05)
                 if runtime.snapshot.sha256 == sha:
                     return True, ""
+                await asyncio.sleep(0.05)
             return False, f"not reloaded within {self.timeout_s:g} s"
+        # Even when the file watcher got there first, reload through the reloader: its
+        # answer is the one that knows whether every part of the gateway serves the file.
         task = asyncio.get_running_loop().create_task(reloader.reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -187,10 +189,9 @@ class WriteRoutes:
             result = await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
         except TimeoutError:
             return False, f"the reload did not finish within {self.timeout_s:g} s"
-        if runtime.snapshot.sha256 == sha:
-            return True, ""
         if result.ok:
-            # The reload read the file after this write and serves it, or a later version
-            # written on top of it (every writer edits the latest file under the lock).
+            # This reload read the file after the write, so what serves now is this
+            # version or a later one written on top of it (writers edit the latest file
+            # under the lock).
             return True, ""
         return False, f"reload failed: {result.message}"

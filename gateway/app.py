@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -56,55 +59,99 @@ def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
     )
 
 
-async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
-    runtime = Runtime(loaded, opts.listen)
-    gc.freeze()  # the startup snapshot is long-lived: keep it out of GC scans (see reload)
+def _engine(
+    runtime: Runtime, opts: RunOptions
+) -> tuple[AiohttpEngine, TLSManager, AccessLog | None]:
     try:
-        tls = TLSManager(loaded.config, opts.listen)
+        tls = TLSManager(runtime.snapshot.config, opts.listen)
     except TLSError as exc:
         raise StartupError(str(exc)) from None
     runtime.on_swap(lambda snap: tls.reload(snap.config))
     access_log = AccessLog(opts.access_log) if opts.access_log else None
-    engine = AiohttpEngine(runtime, access_log)
-    binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
+    return AiohttpEngine(runtime, access_log), tls, access_log
+
+
+async def _start_admin(
+    opts: RunOptions,
+    runtime: Runtime,
+    reloader: Any,
+    engine_name: str,
+    stats: Callable[[], WorkerStats],
+    extra_routes: Callable[[web.Application], None] | None = None,
+) -> web.AppRunner:
     try:
         admin_bind = parse_bind(opts.admin_listen)
     except ValueError as exc:
         raise StartupError(f"--admin-listen: {exc}") from None
-    reloader = Reloader(runtime, opts.config_path)
     admin = AdminApp(
-        runtime, reloader, engine.name, lambda: local_stats(runtime, engine), admin_bind.host
+        runtime,
+        reloader,
+        engine_name,
+        stats,
+        admin_bind.host,
+        admin_tokens=opts.admin_tokens,
+        config_path=opts.config_path,
     )
+    if extra_routes is not None:
+        extra_routes(admin.app)
     runner = web.AppRunner(admin.app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await engine.start(binds, tls.contexts)
         site = web.TCPSite(runner, admin_bind.host, admin_bind.port, reuse_address=True)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        await engine.shutdown(0)
-        raise StartupError(f"cannot listen: {exc}") from None
-    for name, (host, port) in engine.addresses.items():
-        log.info("listening listener=%s address=%s:%d", name, host, port)
+        raise StartupError(f"cannot listen on --admin-listen {opts.admin_listen}: {exc}") from None
     admin_addr = runner.addresses[0]
     log.info("listening listener=admin address=%s:%d", admin_addr[0], admin_addr[1])
+    return runner
+
+
+def _log_serving(runtime: Runtime, engine_name: str, workers: int = 1) -> None:
     log.info(
-        "serving config sha256=%s environments=%d engine=%s",
+        "serving config sha256=%s environments=%d engine=%s workers=%d",
         runtime.snapshot.short_sha,
         len(runtime.snapshot.envs),
-        engine.name,
+        engine_name,
+        workers,
     )
-    reloader.start(watch=opts.watch)
 
+
+def _stop_event(on_hup: Callable[[], None], access_log: AccessLog | None) -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     if access_log is not None:
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
-    await stop.wait()
+    return stop
+
+
+async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
+    """One process: engine, admin listener and reloader on one event loop."""
+    runtime = Runtime(loaded, opts.listen)
+    gc.freeze()  # the startup snapshot is long-lived: keep it out of GC scans (see reload)
+    engine, tls, access_log = _engine(runtime, opts)
+    binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
+    reloader = Reloader(runtime, opts.config_path)
+    try:
+        await engine.start(binds, tls.contexts)
+    except OSError as exc:
+        await engine.shutdown(0)
+        raise StartupError(f"cannot listen: {exc}") from None
+    for name, (host, port) in engine.addresses.items():
+        log.info("listening listener=%s address=%s:%d", name, host, port)
+    try:
+        runner = await _start_admin(
+            opts, runtime, reloader, engine.name, lambda: local_stats(runtime, engine)
+        )
+    except StartupError:
+        await engine.shutdown(0)
+        raise
+    _log_serving(runtime, engine.name)
+    reloader.start(watch=opts.watch)
+    await _stop_event(reloader.trigger, access_log).wait()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
     runtime.draining = True
@@ -118,4 +165,116 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     if access_log is not None:
         access_log.close()
     log.info("stopped")
+    return 0
+
+
+def worker_args(opts: RunOptions) -> list[str]:
+    args = [
+        "--config", opts.config_path, "--listen", opts.listen, "--engine", opts.engine,
+        "--drain-timeout", str(opts.drain_timeout),
+    ]  # fmt: skip
+    if not opts.watch:
+        args.append("--no-watch")
+    if opts.access_log:
+        args += ["--access-log", opts.access_log]
+    return args
+
+
+async def serve_supervisor(opts: RunOptions, loaded: LoadedConfig, workers: int) -> int:
+    """N worker processes on shared sockets; the admin listener sums their counters."""
+    from gateway.supervisor import ClusterReloader, Supervisor, bind_sockets
+
+    runtime = Runtime(loaded, opts.listen)
+    try:
+        TLSManager(loaded.config, opts.listen)  # fail now, not in every worker
+        sockets = bind_sockets(loaded, opts.listen)
+    except TLSError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot listen: {exc}") from None
+    reloader = Reloader(runtime, opts.config_path)
+    sup = Supervisor(runtime, reloader, sockets, worker_args(opts), workers)
+    cluster = ClusterReloader(sup)
+
+    async def workers_view(request: web.Request) -> web.Response:
+        await sup.refresh()
+        return web.json_response({"workers": sup.worker_view(), "replacements_s": sup.replacements})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/api/v1/workers", workers_view)
+
+    runner = await _start_admin(opts, runtime, cluster, "aiohttp", sup.stats, routes)
+    try:
+        await sup.start()
+    except Exception:
+        sup.kill_all()
+        await runner.cleanup()
+        raise
+    for name, s in sockets.items():
+        host, port = s.getsockname()[:2]
+        log.info("listening listener=%s address=%s:%d", name, host, port)
+    _log_serving(runtime, "aiohttp", workers)
+    # The supervisor watches too, so the admin API's view follows the file; workers watch
+    # the file themselves, and SIGHUP reaches them through the supervisor.
+    reloader.start(watch=opts.watch)
+    await _stop_event(cluster.trigger, None).wait()
+    log.info(
+        "draining %d workers: readiness failing, listeners close in %.1fs",
+        workers,
+        opts.drain_delay,
+    )
+    await sup.drain(opts.drain_delay, opts.drain_timeout)
+    await reloader.stop()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def serve_worker(
+    opts: RunOptions, loaded: LoadedConfig, fds: dict[str, int], control: str
+) -> int:
+    """One worker under a supervisor: the engine on inherited sockets, a control socket."""
+    import socket as socket_mod
+
+    from gateway.supervisor import stats_to_json
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    runtime = Runtime(loaded, opts.listen)
+    gc.freeze()
+    engine, tls, access_log = _engine(runtime, opts)
+    sockets = {name: socket_mod.socket(fileno=fd) for name, fd in fds.items()}
+    binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
+    reloader = Reloader(runtime, opts.config_path)
+    await engine.start(binds, tls.contexts, sockets)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"sha256": runtime.snapshot.sha256, "pid": os.getpid()})
+
+    async def stats(request: web.Request) -> web.Response:
+        body = b'{"sha256": "%s", "stats": %s}' % (
+            runtime.snapshot.sha256.encode(),
+            stats_to_json(local_stats(runtime, engine)),
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    async def reload(request: web.Request) -> web.Response:
+        result = await reloader.reload()
+        return web.json_response({"ok": result.ok, "sha256": runtime.snapshot.sha256})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reload", reload)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.UnixSite(runner, control).start()
+    reloader.start(watch=opts.watch)
+    await _stop_event(reloader.trigger, access_log).wait()
+    runtime.draining = True
+    await engine.close_listeners()
+    await engine.shutdown(opts.drain_timeout)
+    await reloader.stop()
+    await runner.cleanup()
+    if access_log is not None:
+        access_log.close()
     return 0

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway import __version__
 from gateway.config import ConfigError, LoadedConfig, listeners_of, load_file, schema
 
+if TYPE_CHECKING:
+    from gateway.app import RunOptions
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+ENGINES = ("aiohttp",)
 
 
 def _print_json(data: object) -> None:
@@ -29,36 +35,78 @@ def _load_or_exit(path: str) -> LoadedConfig:
         raise SystemExit(EXIT_USAGE) from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import RunOptions, StartupError, serve
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    from gateway.app import RunOptions
 
+    return RunOptions(
+        config_path=args.config,
+        listen=args.listen,
+        admin_listen=getattr(args, "admin_listen", "127.0.0.1:9180"),
+        engine=args.engine,
+        drain_delay=getattr(args, "drain_delay", 0.0),
+        drain_timeout=args.drain_timeout,
+        admin_tokens=getattr(args, "admin_tokens", None),
+        watch=not args.no_watch,
+        access_log=args.access_log,
+    )
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--workers must be a positive number or auto, not {value!r}")
+    return int(value)
+
+
+def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    loaded = _load_or_exit(args.config)
-    opts = RunOptions(
-        config_path=args.config,
-        listen=args.listen,
-        admin_listen=args.admin_listen,
-        engine=args.engine,
-        drain_delay=args.drain_delay,
-        drain_timeout=args.drain_timeout,
-        admin_tokens=args.admin_tokens,
-        watch=not args.no_watch,
-        access_log=args.access_log,
-    )
-    if args.engine != "aiohttp":
-        print(f"gateway: unknown engine {args.engine!r} (available: aiohttp)", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        import uvloop
 
-        return int(uvloop.run(serve(opts, loaded)))
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import StartupError, serve, serve_supervisor
+
+    _setup_logging()
+    try:
+        workers = _workers(args.workers)
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.engine not in ENGINES:
+        print(
+            f"gateway: unknown engine {args.engine!r} (available: {', '.join(ENGINES)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    loaded = _load_or_exit(args.config)
+    opts = _run_options(args)
+    import uvloop
+
+    try:
+        if workers == 1:
+            return int(uvloop.run(serve(opts, loaded)))
+        return int(uvloop.run(serve_supervisor(opts, loaded, workers)))
     except StartupError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.app import serve_worker
+
+    _setup_logging()
+    loaded = _load_or_exit(args.config)
+    fds = {}
+    for part in args.fds.split(","):
+        name, _, fd = part.partition("=")
+        fds[name] = int(fd)
+    import uvloop
+
+    return int(uvloop.run(serve_worker(_run_options(args), loaded, fds, args.control)))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -129,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="reload only on SIGHUP or POST /api/v1/reload, not on file changes",
     )
     run.set_defaults(func=cmd_run)
+
+    # Internal: a worker process started by `gateway run --workers N`.
+    worker = sub.add_parser("worker")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--listen", default="0.0.0.0:8080")
+    worker.add_argument("--engine", default="aiohttp")
+    worker.add_argument("--drain-timeout", type=float, default=20.0)
+    worker.add_argument("--no-watch", action="store_true")
+    worker.add_argument("--access-log")
+    worker.add_argument("--fds", required=True)
+    worker.add_argument("--control", required=True)
+    worker.add_argument("--worker-index", type=int, default=0)
+    worker.set_defaults(func=cmd_worker)
 
     check = sub.add_parser("check", help="validate and lint a config")
     check.add_argument("--config", required=True)
