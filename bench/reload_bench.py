@@ -211,9 +211,7 @@ def start_gateway(
     return gw
 
 
-def start_upstream(
-    run_dir: Path, pinning: Pinning, kind: str
-) -> tuple[ManagedProcess, int, str]:
+def start_upstream(run_dir: Path, pinning: Pinning, kind: str) -> tuple[ManagedProcess, int, str]:
     """The upstream: ``nginx`` (1 worker, 200 ``ok``, fast) or ``demo`` (the gateway's echo
     upstream: slower, but answers with the headers it saw). (process, port, kind used)"""
     if kind == "nginx" and have_nginx():
@@ -418,9 +416,7 @@ async def drive_reloads(
 async def paced_phase(
     port: int, opts: Options, duration: float
 ) -> tuple[PacedResult, TimedPacedClient]:
-    client = TimedPacedClient(
-        LOOPBACK, port, LOAD_HOST, opts.rate, duration, opts.connections, 2.0
-    )
+    client = TimedPacedClient(LOOPBACK, port, LOAD_HOST, opts.rate, duration, opts.connections, 2.0)
     try:
         return await client.run(), client
     finally:

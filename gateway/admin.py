@@ -14,6 +14,7 @@ changes are refused, and reload is allowed to loopback callers. Changes are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,8 @@ from gateway.tokens import Identity, Role, TokenStore
 log = logging.getLogger("gateway.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (environment to clear or None for all, clear?) -> {environment: rows}
+BlockedSource = Callable[[str | None, bool], Awaitable[dict[str, list[dict[str, object]]]]]
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 IDENTITY = web.RequestKey("identity", Identity)  # who made the request, set by _need
 # How long a write waits for its config to be the one serving before saying so (504).
@@ -84,6 +87,8 @@ class AdminApp:
         audit_log: str | None = None,
         metrics_need_token: bool = False,
         write_timeout_s: float = WRITE_LIVE_TIMEOUT_S,
+        blocked_source: BlockedSource | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``admin_tokens``: the tokens file (``gateway run --admin-tokens``); raises
         ``tokens.TokensError`` when it cannot be used. ``config_path`` defaults to the
@@ -101,6 +106,9 @@ class AdminApp:
         path = config_path or (reloader.path if reloader is not None else None)
         self.store = ConfigStore(path, audit_log) if path else None
         self.audit = self.store.audit if self.store else AuditLog(audit_log) if audit_log else None
+        self.stats = stats
+        self.blocked_source = blocked_source or self._local_blocked
+        self.before_scrape = before_scrape
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(stats, self.config_state))
         # A whole-list PUT may be as large as the config file itself.
@@ -124,6 +132,8 @@ class AdminApp:
         r.add_get("/api/v1/explain", need("viewer", self.explain))
         r.add_get("/api/v1/audit", need("viewer", self.audit_log))
         r.add_post("/api/v1/reload", need("admin", self.reload, loopback_without_tokens=True))
+        r.add_get("/api/v1/blocked-hosts", need("viewer", self.blocked_hosts))
+        r.add_delete("/api/v1/blocked-hosts", need("admin", self.reset_blocked_hosts))
 
     # -- authentication -----------------------------------------------------------------
 
@@ -223,6 +233,8 @@ class AdminApp:
             who = self._identify(request, "viewer", False)
             if isinstance(who, web.Response):
                 return who
+        if self.before_scrape is not None:
+            await self.before_scrape()
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
@@ -242,7 +254,7 @@ class AdminApp:
         env = snap.envs[name]
         cfg_env = next(e for e in snap.config.environments if e.name == name)
         counts: dict[str, int] = {}
-        for family, labels, value in self.runtime.counters.items():
+        for (family, labels), value in self.stats().counters.items():
             if family.startswith("gateway_requests_") and labels[1] == name:
                 key = ("allowed." if "allowed" in family else "blocked.") + labels[2]
                 counts[key] = counts.get(key, 0) + value
@@ -324,3 +336,52 @@ class AdminApp:
             },
             status=status,
         )
+
+    # -- top blocked hosts (report-only and refused) --------------------------------------
+
+    async def _local_blocked(
+        self, environment: str | None, clear: bool
+    ) -> dict[str, list[dict[str, object]]]:
+        if clear:
+            self.runtime.blocked.clear(environment)
+        return self.runtime.blocked.snapshot()
+
+    async def blocked_hosts(self, request: web.Request) -> web.Response:
+        env = request.query.get("environment")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return api_error(400, "limit must be a number", reason="bad_request")
+        if env is not None and env not in self.runtime.snapshot.envs and env != "":
+            return api_error(404, f"unknown environment {env!r}", reason="unknown_environment")
+        tables = await self.blocked_source(None, False)
+        if env is not None:
+            tables = {env: tables.get(env, [])}
+        return json_response(
+            {
+                "environments": {name: rows[: max(0, limit)] for name, rows in tables.items()},
+                "note": "counts are upper bounds (Space-Saving); 'error' is the possible "
+                "overestimate; 'truncated' values were longer than 256 characters",
+            }
+        )
+
+    async def reset_blocked_hosts(self, request: web.Request) -> web.Response:
+        env = request.query.get("environment")
+        if env is not None and env not in self.runtime.snapshot.envs and env != "":
+            return api_error(404, f"unknown environment {env!r}", reason="unknown_environment")
+        await self.blocked_source(env, True)
+        who = request.get(IDENTITY)
+        if self.audit is not None:
+            with contextlib.suppress(Exception):
+                self.audit.append(
+                    {
+                        "token": getattr(who, "name", None),
+                        "role": getattr(who, "role", None),
+                        "environment": env,
+                        "action": "reset_blocked_hosts",
+                        "values": [],
+                        "sha256_before": self.runtime.snapshot.sha256,
+                        "sha256_after": self.runtime.snapshot.sha256,
+                    }
+                )
+        return json_response({"reset": env if env is not None else "all"})

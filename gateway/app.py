@@ -27,6 +27,7 @@ from gateway.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.server import AiohttpEngine
 from gateway.tls import TLSError, TLSManager
+from gateway.tokens import TokensError
 
 log = logging.getLogger("gateway")
 
@@ -42,6 +43,7 @@ class RunOptions:
     admin_tokens: str | None = None
     watch: bool = True
     access_log: str | None = None
+    log_format: str = "auto"
 
 
 class StartupError(Exception):
@@ -78,20 +80,25 @@ async def _start_admin(
     engine_name: str,
     stats: Callable[[], WorkerStats],
     extra_routes: Callable[[web.Application], None] | None = None,
+    **admin_options: Any,
 ) -> web.AppRunner:
     try:
         admin_bind = parse_bind(opts.admin_listen)
     except ValueError as exc:
         raise StartupError(f"--admin-listen: {exc}") from None
-    admin = AdminApp(
-        runtime,
-        reloader,
-        engine_name,
-        stats,
-        admin_bind.host,
-        admin_tokens=opts.admin_tokens,
-        config_path=opts.config_path,
-    )
+    try:
+        admin = AdminApp(
+            runtime,
+            reloader,
+            engine_name,
+            stats,
+            admin_bind.host,
+            admin_tokens=opts.admin_tokens,
+            config_path=opts.config_path,
+            **admin_options,
+        )
+    except TokensError as exc:
+        raise StartupError(f"--admin-tokens: {exc}") from None
     if extra_routes is not None:
         extra_routes(admin.app)
     runner = web.AppRunner(admin.app, access_log=None, handle_signals=False)
@@ -151,7 +158,9 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
         raise
     _log_serving(runtime, engine.name)
     reloader.start(watch=opts.watch)
+    suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
     await _stop_event(reloader.trigger, access_log).wait()
+    suppressed.cancel()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
     runtime.draining = True
@@ -177,6 +186,7 @@ def worker_args(opts: RunOptions) -> list[str]:
         args.append("--no-watch")
     if opts.access_log:
         args += ["--access-log", opts.access_log]
+    args += ["--log-format", "text" if opts.log_format == "text" else "json"]
     return args
 
 
@@ -203,7 +213,19 @@ async def serve_supervisor(opts: RunOptions, loaded: LoadedConfig, workers: int)
     def routes(app: web.Application) -> None:
         app.router.add_get("/api/v1/workers", workers_view)
 
-    runner = await _start_admin(opts, runtime, cluster, "aiohttp", sup.stats, routes)
+    async def blocked(environment: str | None, clear: bool) -> dict[str, list[dict[str, Any]]]:
+        return await sup.blocked_hosts(environment, clear)
+
+    runner = await _start_admin(
+        opts,
+        runtime,
+        cluster,
+        opts.engine,
+        sup.stats,
+        routes,
+        blocked_source=blocked,
+        before_scrape=sup.refresh,
+    )
     try:
         await sup.start()
     except Exception:
@@ -261,7 +283,14 @@ async def serve_worker(
         result = await reloader.reload()
         return web.json_response({"ok": result.ok, "sha256": runtime.snapshot.sha256})
 
+    async def blocked(request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            runtime.blocked.clear(request.query.get("environment"))
+        return web.json_response(runtime.blocked.snapshot())
+
     app = web.Application()
+    app.router.add_get("/blocked", blocked)
+    app.router.add_delete("/blocked", blocked)
     app.router.add_get("/status", status)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reload", reload)
@@ -269,7 +298,9 @@ async def serve_worker(
     await runner.setup()
     await web.UnixSite(runner, control).start()
     reloader.start(watch=opts.watch)
+    suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
     await _stop_event(reloader.trigger, access_log).wait()
+    suppressed.cancel()
     runtime.draining = True
     await engine.close_listeners()
     await engine.shutdown(opts.drain_timeout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         admin_tokens=getattr(args, "admin_tokens", None),
         watch=not args.no_watch,
         access_log=args.access_log,
+        log_format=args.log_format,
     )
 
 
@@ -59,18 +59,16 @@ def _workers(value: str) -> int:
     return int(value)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(fmt: str) -> None:
+    from gateway.logs import setup_logging
+
+    setup_logging(fmt)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StartupError, serve, serve_supervisor
 
-    _setup_logging()
+    _setup_logging(args.log_format)
     try:
         workers = _workers(args.workers)
     except ValueError as exc:
@@ -98,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.app import serve_worker
 
-    _setup_logging()
+    _setup_logging(args.log_format)
     loaded = _load_or_exit(args.config)
     fds = {}
     for part in args.fds.split(","):
@@ -172,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=20.0)
     run.add_argument("--access-log", help="write JSON-lines access log to this file")
     run.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="auto: text on a terminal, JSON lines otherwise",
+    )
+    run.add_argument(
         "--no-watch",
         action="store_true",
         help="reload only on SIGHUP or POST /api/v1/reload, not on file changes",
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--drain-timeout", type=float, default=20.0)
     worker.add_argument("--no-watch", action="store_true")
     worker.add_argument("--access-log")
+    worker.add_argument("--log-format", default="json")
     worker.add_argument("--fds", required=True)
     worker.add_argument("--control", required=True)
     worker.add_argument("--worker-index", type=int, default=0)
@@ -212,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_manage import add_parsers
 
     add_parsers(sub)  # endpoints, enforcement, token
+    from gateway.cli_blocked import add_parser as add_blocked
+
+    add_blocked(sub)
     return p
 
 

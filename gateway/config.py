@@ -303,7 +303,8 @@ def _validate(config: Config, raw: bytes, cache: dict[str, hosts.Entry]) -> Load
         except ValueError as exc:
             errors.append(f"{where}.bind: {exc}")
         else:
-            if bind in binds.values():
+            # Port 0 asks the kernel for a free port: several such binds do not collide.
+            if bind.port != 0 and bind in binds.values():
                 errors.append(f"{where}.bind: {lst.bind} is already used by another listener")
             binds[lst.name] = bind
         if not lst.environments:

@@ -169,7 +169,11 @@ class Reloader:
     async def _reload(self, settle: bool, force: bool) -> ReloadResult:
         t0 = time.perf_counter()
         try:
-            raw = await asyncio.to_thread(self._read_settled if settle else _read, self.path)
+            raw = await asyncio.to_thread(_read, self.path)
+            # Settle only bytes that would change something: an event for a file already
+            # in force (our own write, a touch) must not hold the lock for the settle time.
+            if settle and hashlib.sha256(raw).hexdigest() != self.runtime.snapshot.sha256:
+                raw = await asyncio.to_thread(self._read_settled, self.path)
         except OSError as exc:
             return self._fail(f"cannot read {self.path}: {exc.strerror or exc}", t0)
         sha = hashlib.sha256(raw).hexdigest()
@@ -178,6 +182,7 @@ class Reloader:
             if not self.runtime.last_reload_ok:
                 # The file is back to the config in force: the failure is over.
                 self.runtime.last_reload_ok = True
+                self.runtime.last_reload_error = None
             return ReloadResult(True, False, sha, "unchanged", time.perf_counter() - t0)
         if sha == self._last_bytes_sha and not force and not self.runtime.last_reload_ok:
             return ReloadResult(False, False, sha, "unchanged (still invalid)", 0.0)

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from gateway.config import LoadedConfig
 from gateway.counters import Counters
+from gateway.logs import RefusalLog
 from gateway.policy import Snapshot, compile_config
+from gateway.topk import BlockedHosts
 
 RELOADS = "gateway_config_reloads_total"
 REFUSED_CONN = "gateway_connections_refused_total"
@@ -32,6 +34,8 @@ class Runtime:
         self.last_reload_duration_s = 0.0
         self.connections_open: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
         self.in_flight: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
+        self.blocked = BlockedHosts()
+        self.refusal_log = RefusalLog()
         self.listeners_up = False
         self.draining = False
         self.worker_id = os.getpid()

@@ -72,6 +72,10 @@ class ListenerEngine:
         if decision.disagreement_slot >= 0:
             counters[decision.disagreement_slot] += 1
         request_id = new_request_id()
+        if decision.action == "refuse" or decision.would_block:
+            self._note_refusal(
+                request, decision, msg.headers.getall("Host", ()), request_id, snap.short_sha
+            )
         if decision.action == "refuse":
             resp = self._refuse(request, decision, request_id, snap.short_sha)
             if self.access_log is not None:
@@ -118,6 +122,33 @@ class ListenerEngine:
                     request, decision, status, request_id, snap.short_sha, env.name,
                     time.monotonic() - started,
                 )  # fmt: skip
+
+    def _note_refusal(
+        self,
+        request: web.BaseRequest,
+        decision: Decision,
+        host_values: Any,
+        request_id: str,
+        sha: str,
+    ) -> None:
+        """Top blocked hosts and the rate-limited refusal log (would-block ones too)."""
+        rt = self.runtime
+        host = host_values[0] if len(host_values) == 1 else None
+        reason = "would_block" if decision.would_block else decision.label
+        if host is not None:
+            rt.blocked.add(decision.environment, host, reason, time.time())
+        rt.refusal_log.record(
+            "would block (report mode)" if decision.would_block else "refused",
+            {
+                "request_id": request_id,
+                "listener": self.name,
+                "environment": decision.environment,
+                "reason": reason,
+                "host": host,
+                "client": getattr(request.protocol, "client_addr", None) or _peer(request),
+                "config": sha,
+            },
+        )
 
     def _access(
         self,

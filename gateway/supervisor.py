@@ -218,6 +218,28 @@ class Supervisor:
             merged.counters[key] = merged.counters.get(key, 0) + value
         return merged
 
+    async def blocked_hosts(
+        self, clear_env: str | None = None, clear: bool = False
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The workers' top blocked hosts, merged (or cleared)."""
+        from gateway.topk import merge_snapshots
+
+        query = "" if clear_env is None else f"?environment={clear_env}"
+        method = "DELETE" if clear else "GET"
+
+        async def one(w: Worker) -> dict[str, list[dict[str, Any]]]:
+            if not w.ready:
+                return {}
+            try:
+                result: dict[str, list[dict[str, Any]]] = await self._query(
+                    w, method, "/blocked" + query
+                )
+                return result
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                return {}
+
+        return merge_snapshots(list(await asyncio.gather(*(one(w) for w in self.workers))))
+
     def worker_view(self) -> list[dict[str, Any]]:
         return [
             {

@@ -1,0 +1,156 @@
+"""The most frequent refused (and would-block) Host values, in bounded memory.
+
+Space-Saving (Metwally, Agrawal, El Abbadi, 2005): ``k`` counters; a value not yet counted
+takes the slot of the smallest count and inherits it as its possible overestimate
+(``error``). Every value whose true count exceeds N/k is guaranteed to be in the table,
+so the heavy hitters an operator needs to allow (or to worry about) are always there,
+while a flood of random Host values can never grow memory past ``k`` slots.
+
+The smallest slot is found with a heap whose stale entries are skipped lazily and which
+is rebuilt when it grows past a bound, so a refusal costs O(log k) amortised. Sans-IO:
+the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+MAX_VALUE_CHARS = 256  # raw values are stored up to this; longer ones are flagged
+
+
+@dataclass(slots=True)
+class Slot:
+    value: str
+    truncated: bool
+    count: int
+    error: int
+    reason: str
+    first_seen: float
+    last_seen: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "host": self.value,
+            "truncated": self.truncated,
+            "count": self.count,
+            "error": self.error,
+            "reason": self.reason,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+
+class TopK:
+    __slots__ = ("_heap", "k", "slots")
+
+    def __init__(self, k: int = 100) -> None:
+        self.k = k
+        self.slots: dict[str, Slot] = {}
+        self._heap: list[tuple[int, str]] = []
+
+    def add(self, raw: str, reason: str, now: float) -> None:
+        truncated = len(raw) > MAX_VALUE_CHARS
+        key = raw[:MAX_VALUE_CHARS] if truncated else raw
+        slot = self.slots.get(key)
+        if slot is not None:
+            slot.count += 1
+            slot.last_seen = now
+            slot.reason = reason
+            slot.truncated = slot.truncated or truncated
+            self._push(slot.count, key)
+            return
+        if len(self.slots) < self.k:
+            self.slots[key] = Slot(key, truncated, 1, 0, reason, now, now)
+            self._push(1, key)
+            return
+        victim = self._pop_min()
+        floor = victim.count
+        del self.slots[victim.value]
+        self.slots[key] = Slot(key, truncated, floor + 1, floor, reason, now, now)
+        self._push(floor + 1, key)
+
+    def _push(self, count: int, key: str) -> None:
+        heapq.heappush(self._heap, (count, key))
+        if len(self._heap) > 8 * self.k + 64:
+            # Stale entries (older counts of the same key) pile up: rebuild from the truth.
+            self._heap = [(s.count, v) for v, s in self.slots.items()]
+            heapq.heapify(self._heap)
+
+    def _pop_min(self) -> Slot:
+        while True:
+            count, key = heapq.heappop(self._heap)
+            slot = self.slots.get(key)
+            if slot is not None and slot.count == count:
+                return slot
+
+    def top(self, n: int | None = None) -> list[Slot]:
+        ranked = sorted(self.slots.values(), key=lambda s: (-s.count, s.value))
+        return ranked if n is None else ranked[:n]
+
+    def clear(self) -> None:
+        self.slots.clear()
+        self._heap.clear()
+
+
+class BlockedHosts:
+    """One TopK per environment ("" for refusals no environment claims)."""
+
+    __slots__ = ("k", "per_env")
+
+    def __init__(self, k: int = 100) -> None:
+        self.k = k
+        self.per_env: dict[str, TopK] = {}
+
+    def add(self, environment: str, raw: str, reason: str, now: float) -> None:
+        tk = self.per_env.get(environment)
+        if tk is None:
+            # Environment names come from the config, never from the request: bounded.
+            tk = self.per_env[environment] = TopK(self.k)
+        tk.add(raw, reason, now)
+
+    def snapshot(self) -> dict[str, list[dict[str, object]]]:
+        return {env: [s.as_dict() for s in tk.top()] for env, tk in self.per_env.items()}
+
+    def clear(self, environment: str | None = None) -> None:
+        if environment is None:
+            self.per_env.clear()
+        else:
+            self.per_env.pop(environment, None)
+
+
+def slot_from_dict(row: dict[str, object]) -> Slot:
+    return Slot(
+        value=str(row["host"]),
+        truncated=bool(row["truncated"]),
+        count=int(str(row["count"])),
+        error=int(str(row["error"])),
+        reason=str(row["reason"]),
+        first_seen=float(str(row["first_seen"])),
+        last_seen=float(str(row["last_seen"])),
+    )
+
+
+def merge_snapshots(
+    snapshots: list[dict[str, list[dict[str, object]]]], k: int = 100
+) -> dict[str, list[dict[str, object]]]:
+    """Combine several workers' tables: counts and errors add (still upper bounds)."""
+    merged: dict[str, dict[str, Slot]] = {}
+    for snap in snapshots:
+        for env, rows in snap.items():
+            table = merged.setdefault(env, {})
+            for row in rows:
+                slot = slot_from_dict(row)
+                prev = table.get(slot.value)
+                if prev is None:
+                    table[slot.value] = slot
+                    continue
+                prev.count += slot.count
+                prev.error += slot.error
+                prev.first_seen = min(prev.first_seen, slot.first_seen)
+                prev.last_seen = max(prev.last_seen, slot.last_seen)
+                prev.truncated = prev.truncated or slot.truncated
+    return {
+        env: [s.as_dict() for s in sorted(rows.values(), key=lambda s: (-s.count, s.value))[:k]]
+        for env, rows in merged.items()
+    }

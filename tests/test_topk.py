@@ -1,0 +1,67 @@
+"""Space-Saving top blocked hosts: bounded, heavy hitters always present, values kept raw."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.topk import MAX_VALUE_CHARS, BlockedHosts, TopK, merge_snapshots
+
+
+def test_heavy_hitters_survive_a_flood_of_random_values() -> None:
+    rng = random.Random(1)
+    tk = TopK(200)
+    heavy = {f"heavy{i}.example": 2000 - 100 * i for i in range(5)}
+    stream = [h for h, n in heavy.items() for _ in range(n)]
+    stream += [f"rnd{rng.getrandbits(64):x}.example" for _ in range(100_000)]
+    rng.shuffle(stream)
+    for t, value in enumerate(stream):
+        tk.add(value, "unknown_host", float(t))
+    assert len(tk.slots) == 200  # N/k = 540: every heavy value is guaranteed a slot
+    top = tk.top(5)
+    assert [s.value for s in top] == list(heavy)
+    for s in top:  # Space-Saving: count - error <= true count <= count
+        assert s.count - s.error <= heavy[s.value] <= s.count
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([f"h{i}" for i in range(30)]), max_size=400), st.integers(1, 20))
+def test_space_saving_bounds(values: list[str], k: int) -> None:
+    tk = TopK(k)
+    for t, v in enumerate(values):
+        tk.add(v, "unknown_host", float(t))
+    assert len(tk.slots) <= k
+    assert sum(s.count for s in tk.slots.values()) == len(values)
+    n = len(values)
+    for v in set(values):
+        true = values.count(v)
+        if true > n / k:
+            assert v in tk.slots  # the guarantee that makes the list trustworthy
+        if v in tk.slots:
+            s = tk.slots[v]
+            assert s.count - s.error <= true <= s.count
+
+
+def test_long_values_are_flagged_and_hostile_values_kept_verbatim() -> None:
+    bh = BlockedHosts(10)
+    hostile = "<img src=x onerror=alert(1)>.evil"
+    bh.add("prod", hostile, "malformed_host", 1.0)
+    bh.add("prod", "a" * 1000, "malformed_host", 2.0)
+    rows = {r["host"]: r for r in bh.snapshot()["prod"]}
+    assert rows[hostile]["truncated"] is False
+    long_row = next(r for r in rows.values() if r["truncated"])
+    assert len(str(long_row["host"])) == MAX_VALUE_CHARS
+
+
+def test_merge_adds_counts_across_workers() -> None:
+    a, b = BlockedHosts(), BlockedHosts()
+    for _ in range(3):
+        a.add("prod", "x.example", "unknown_host", 1.0)
+    b.add("prod", "x.example", "unknown_host", 5.0)
+    b.add("prod", "y.example", "unknown_host", 0.5)
+    merged = merge_snapshots([a.snapshot(), b.snapshot()])
+    rows = merged["prod"]
+    assert [(r["host"], r["count"]) for r in rows] == [("x.example", 4), ("y.example", 1)]
+    assert rows[0]["first_seen"] == 1.0 and rows[0]["last_seen"] == 5.0
