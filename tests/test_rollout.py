@@ -235,6 +235,7 @@ def test_a_flood_of_distinct_hosts_keeps_series_and_memory_bounded(
         status, body = api(
             gw.admin, "GET", "/api/v1/blocked-hosts?environment=prod&limit=1000", VIEWER
         )
+        assert status == 200
         rows = body["environments"]["prod"]
         assert len(rows) <= 100
         assert rows[0]["host"] == "heavy.example"
