@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need: binary:package
-APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk
+APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver
 APT_BENCH := nginx:nginx-light wrk:wrk
 
-.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-locust soak apt-test clean
+.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-locust soak apt-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.harness --quick
+
+bench-micro: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_decision_bench.py tests/test_hosts_bench.py \
+		--benchmark-enable --benchmark-columns=median,iqr,ops --benchmark-sort=name
+
+bench-reload: $(STAMP)
+	$(BIN)/python -m bench.reload_bench
 
 bench-locust: $(STAMP)
 	$(BIN)/python -m bench.locust_run

@@ -412,7 +412,6 @@ def local_report() -> dict[str, Any]:
 def _on_test_stop(environment: Environment, **_kw: Any) -> None:
     global _watcher
     if isinstance(environment.runner, MasterRunner):
-        _write_report(_merge(list(_worker_totals.values())), "master")
         return
     if _watcher is not None:
         _watcher.kill()
@@ -423,8 +422,31 @@ def _on_test_stop(environment: Environment, **_kw: Any) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             ADMIN.fetch(REGISTRY)
     REGISTRY.finish()
-    role = "worker" if isinstance(environment.runner, WorkerRunner) else "local"
-    _write_report(local_report(), role)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Environment, **_kw: Any) -> None:
+    """The report, with Locust's own final totals: its CSV is rewritten once a second and
+    not at exit, so it misses the last second."""
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        role, checks = "master", _merge(list(_worker_totals.values()))
+    else:
+        role = "worker" if isinstance(runner, WorkerRunner) else "local"
+        checks = local_report()
+    total = environment.stats.total
+    checks["locust"] = {
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "rps": round(total.total_rps, 1),
+        "median_ms": total.median_response_time,
+        "p99_ms": total.get_response_time_percentile(0.99),
+        "by_name": {
+            f"{method} {name}": {"requests": e.num_requests, "failures": e.num_failures}
+            for (name, method), e in sorted(environment.stats.entries.items())
+        },
+    }
+    _write_report(checks, role)
 
 
 def _write_report(report: dict[str, Any], role: str) -> None:

@@ -34,6 +34,8 @@ REFUSAL_STATUS = {
     "body_too_large": 413,
     "sni_mismatch": 421,
 }
+RECENT_SIZE = 4096
+RECENT_MAX_KEY = 255
 ALL_MATCHES = ("hostname", "endpoint", "wildcard", "report_only", "enforcement_off")
 ALL_REASONS = (
     "unknown_host",
@@ -128,8 +130,22 @@ class Router:
         self.wild.update(dict.fromkeys(wild_set, Match(env, "wildcard")))
 
     def lookup(self, auth: hosts.Authority) -> Match | None:
-        found = self.lookup_rule(auth)
-        return found[0] if found is not None else None
+        # lookup_rule() without building the rule text: this one is on the request path.
+        if self.ported:
+            port = auth.port if auth.port is not None else self.default_port
+            m = self.ported.get(f"{auth.host}:{port}")
+            if m is not None:
+                return m
+        m = self.exact.get(auth.host)
+        if m is not None:
+            return m
+        if self.wild and auth.kind == "name":
+            wild = self.wild
+            for suffix in hosts.wildcard_candidates(auth.host):
+                m = wild.get(suffix)
+                if m is not None:
+                    return m
+        return None
 
     def lookup_rule(self, auth: hosts.Authority) -> tuple[Match, str] | None:
         """The match and the entry (canonical text) that made it."""
@@ -233,6 +249,7 @@ class ListenerPolicy:
         # equal to a canonical key is valid by construction. Each key is decided by the
         # slow path below, so the fast path can never disagree with it.
         self.fast: dict[str, tuple[Decision, str]] = {}
+        self._recent: dict[str, tuple[Decision, str]] = {}
         for env in envs:
             for entry in (env.hostname, *env.entries):
                 if entry.kind == "wildcard":
@@ -292,6 +309,9 @@ class ListenerPolicy:
         )
 
     def _blocked(self, env: EnvPolicy, disagreement: str) -> Decision:
+        got = self._decisions.get((env.name, "unknown_host", "r", disagreement))
+        if got is not None:
+            return got
         base = self._refusal("unknown_host", env)
         if not disagreement:
             return self._intern((env.name, "unknown_host", "r", ""), base)
@@ -348,7 +368,19 @@ class ListenerPolicy:
         hit = self.fast.get(value)
         if hit is not None:
             return hit
-        return self._decide_value(value)
+        # Real clients repeat the same few spellings ("Www.Acme.com", "acme.com:443"): a
+        # small cache of recent slow-path answers saves the parse. It is bounded (cleared
+        # when full, values of at most 255 characters) because its keys are client input,
+        # and it lives in this snapshot, so a reload starts it afresh.
+        hit = self._recent.get(value)
+        if hit is not None:
+            return hit
+        result = self._decide_value(value)
+        if len(value) <= RECENT_MAX_KEY:
+            if len(self._recent) >= RECENT_SIZE:
+                self._recent.clear()
+            self._recent[value] = result
+        return result
 
     def decide(
         self, host_values: Sequence[str], method: str = "GET", target: str = "/"

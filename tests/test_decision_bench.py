@@ -51,8 +51,18 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_decide(benchmark: Any, lp: ListenerPolicy, case: str) -> None:
+    """What a request costs: values a client repeats hit the fast map or the small cache
+    of recent spellings."""
     value, label = CASES[case]
     decide: Callable[..., Any] = lp.decide
     hosts = [value]
     decision, _ = benchmark(decide, hosts, "GET", "/")
+    assert decision.label == label
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("as_written")])
+def test_decide_uncached(benchmark: Any, lp: ListenerPolicy, case: str) -> None:
+    """The first sight of a spelling: full validation and lookup, no cache."""
+    value, label = CASES[case]
+    decision, _ = benchmark(lp._decide_value, value)
     assert decision.label == label

@@ -90,3 +90,18 @@ def test_large_list_lookup_is_by_hash() -> None:
     assert lp.decide(["h19999.example.com"])[0].label == "endpoint"
     assert lp.decide(["H19999.example.com."])[0].label == "endpoint"
     assert lp.decide(["h20000.example.com"])[0].label == "unknown_host"
+
+
+def test_recent_spellings_cache_is_bounded_and_agrees() -> None:
+    from gateway.policy import RECENT_MAX_KEY, RECENT_SIZE
+
+    lp = snapshot("single").listeners["default"]
+    for i in range(RECENT_SIZE * 3):
+        lp.decide([f"h{i}.Example.com"])
+        assert len(lp._recent) <= RECENT_SIZE
+    long_value = "a" * (RECENT_MAX_KEY + 1)
+    lp.decide([long_value])
+    assert long_value not in lp._recent
+    for value in ("WWW.acme.com", "www.acme.com:8080", "evil.example", "a..b"):
+        first = lp.decide([value])
+        assert lp.decide([value]) == first == lp._decide_value(value)
