@@ -249,14 +249,14 @@ class FileOperator(User):
     wait_time = between(*OPERATOR_INTERVAL)
 
     def on_start(self) -> None:
-        if CONFIG_PATH is None:
-            log.warning("FileOperator: GW_CONFIG_PATH is not set here; it stops")
-            raise StopUser()
         self.plan = ChangePlan("file-op")
+        if CONFIG_PATH is None:
+            log.warning("FileOperator: GW_CONFIG_PATH is not set in this process; it stops")
 
     @task
     def edit(self) -> None:
-        assert CONFIG_PATH is not None
+        if CONFIG_PATH is None:
+            raise StopUser()  # from a task, not on_start: Locust logs that as an error
         t0 = time.perf_counter()
         doc = orjson.loads(CONFIG_PATH.read_bytes())
         action, env_name, host = self.plan.next([e["name"] for e in doc["environments"]])
@@ -289,14 +289,15 @@ class ApiOperator(FastHttpUser):
     wait_time = between(*OPERATOR_INTERVAL)
 
     def on_start(self) -> None:
-        if not ADMIN_URL or not ADMIN_TOKEN:
-            log.warning("ApiOperator: GW_ADMIN_URL or GW_ADMIN_TOKEN is not set; it stops")
-            raise StopUser()
         self.plan = ChangePlan("api-op")
         self.auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        if not ADMIN_URL or not ADMIN_TOKEN:
+            log.warning("ApiOperator: GW_ADMIN_URL or GW_ADMIN_TOKEN is not set; it stops")
 
     @task
     def change(self) -> None:
+        if not ADMIN_URL or not ADMIN_TOKEN:
+            raise StopUser()
         envs = REGISTRY.env_names()
         if not envs:
             return
@@ -434,6 +435,9 @@ def _on_quitting(environment: Environment, **_kw: Any) -> None:
     else:
         role = "worker" if isinstance(runner, WorkerRunner) else "local"
         checks = local_report()
+    if role == "worker":
+        _write_report(checks, role)  # a worker's request stats live on the master
+        return
     total = environment.stats.total
     checks["locust"] = {
         "requests": total.num_requests,
@@ -480,11 +484,16 @@ def _on_worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
 
 
 def _merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the workers' numeric counts (the examples: the first few of each)."""
+    """Sum the workers' counts; counts of distinct versions and hosts overlap between
+    workers, so their largest is kept. Examples: the first few of each worker."""
     out: dict[str, Any] = {"workers": len(reports), "examples": [], "operators": Counter()}
     for rep in reports:
         for key, value in rep.items():
-            if isinstance(value, int):
+            if not isinstance(value, int):
+                continue
+            if key.startswith("versions_") or key == "hosts_in_pool":
+                out[key] = max(out.get(key, 0), value)
+            else:
                 out[key] = out.get(key, 0) + value
         out["examples"] += rep.get("examples", [])[:5]
         out["operators"].update(rep.get("operators", {}))

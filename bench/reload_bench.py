@@ -554,6 +554,29 @@ def _rows(results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
     return latency, reloads
 
 
+def warnings(results: dict[str, Any]) -> list[str]:
+    """Reasons not to believe this run's figures."""
+    out = []
+    for phase in ("baseline", "with_reloads"):
+        r = results[phase]
+        if not r["held"]:
+            out.append(
+                f"{phase}: the rate was not held ({r['achieved_rate']:,.0f} of "
+                f"{r['target_rate']:,.0f} req/s, {r['errors']} errors): the gateway or this "
+                "machine is saturated, latencies are queueing; lower --rate or find a quieter "
+                "moment"
+            )
+        bad = {k: v for k, v in r["statuses"].items() if k != "200"}
+        if bad:
+            out.append(f"{phase}: answers other than 200: {bad}")
+    load = results["machine"]["loadavg_at_start"].split()[0]
+    with contextlib.suppress(ValueError):
+        # Over the minute before the start, on a 2-core machine: something else ran.
+        if float(load) > 1.5:
+            out.append(f"load average {load} at the start: something else was running")
+    return out
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -715,14 +738,17 @@ def main(argv: list[str] | None = None) -> int:
         up_proc, up_port, up_kind = start_upstream(run_dir, pinning, opts.upstream)
         procs.append(up_proc)
         upstream_url = f"http://{LOOPBACK}:{up_port}"
-        say(f"reload bench: {pin_note}; upstream {up_kind} on port {up_port}")
+        say(f"reload bench: {pin_note}; upstream {up_kind} on port {up_port} (pid {up_proc.pid})")
         config_path = run_dir / "config.json"
         base = config_bytes(large_config(opts.entries, upstream_url))
         write_atomic(config_path, base)
         extra = ["--no-watch"] if opts.trigger == "api" else []
         gw = start_gateway(run_dir, config_path, pinning, extra)
         procs.append(gw.proc)
-        say(f"gateway: port {gw.port}, admin {gw.admin_url}, {opts.entries:,} entries")
+        say(
+            f"gateway: port {gw.port}, admin {gw.admin_url}, {opts.entries:,} entries "
+            f"(pid {gw.proc.pid})"
+        )
         count = max(1, int((opts.duration - min(1.0, opts.interval / 2)) // opts.interval) + 1)
         variants = plan_variants(opts, upstream_url, count)
         # The bench's own garbage collector must not pause the client mid-measurement:
@@ -763,11 +789,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "loadavg_at_end": report.loadavg(),
         "gateway_rss_mb": {"start": rss_start, "end": rss_end},
+        "pids": {"upstream": up_proc.pid, "gateway": gw.proc.pid},
         **measured,
     }
     results["summary"] = summarise(results)
     paths = write_results(results, opts.out, started.strftime("%Y%m%dT%H%M%SZ"))
     say(console_report(results))
+    for note in warnings(results):
+        say(f"WARNING: {note}")
     say(f"\nwrote {', '.join(str(p) for p in paths)} in {results['elapsed_s']} s")
     return 1 if results["summary"]["failed_reloads"] else 0
 

@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -29,9 +30,10 @@ from gateway import hosts
 from gateway.audit import MAX_TAIL, AuditLog
 from gateway.config import MAX_CONFIG_BYTES
 from gateway.metrics import ConfigState, GatewayCollector, WorkerStats
+from gateway.policy import DISAGREE
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
-from gateway.store import ConfigStore
+from gateway.store import ConfigStore, external_message
 from gateway.tokens import Identity, Role, TokenStore
 
 log = logging.getLogger("gateway.admin")
@@ -43,6 +45,22 @@ OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 IDENTITY = web.RequestKey("identity", Identity)  # who made the request, set by _need
 # How long a write waits for its config to be the one serving before saying so (504).
 WRITE_LIVE_TIMEOUT_S = 10.0
+# The console (gateway/ui): static files only, every datum comes from the API with a token.
+UI_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def json_response(
@@ -109,6 +127,7 @@ class AdminApp:
         self.stats = stats
         self.blocked_source = blocked_source or self._local_blocked
         self.before_scrape = before_scrape
+        self._ui_cache: dict[str, bytes] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(stats, self.config_state))
         # A whole-list PUT may be as large as the config file itself.
@@ -121,6 +140,12 @@ class AdminApp:
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         need = self._need
+        # The console: behind the Host guard like the API, but no token (the page holds
+        # no data; it calls the API with the token the user signs in with).
+        r.add_get("/ui", self.ui_redirect)
+        r.add_get("/ui/", self.ui_file)
+        r.add_get("/ui/{file}", self.ui_file)
+        r.add_get("/api/v1/whoami", need("viewer", self.whoami))
         r.add_get("/api/v1/environments", need("viewer", self.environments))
         r.add_get("/api/v1/environments/{name}", need("viewer", self.environment))
         env = "/api/v1/environments/{name}"
@@ -249,15 +274,38 @@ class AdminApp:
         reason = "draining" if self.runtime.draining else "starting"
         return web.Response(status=503, text=f"{reason}\n", headers={"Cache-Control": "no-store"})
 
+    # -- the console ----------------------------------------------------------------------
+
+    async def ui_redirect(self, request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": "/ui/", **UI_HEADERS})
+
+    async def ui_file(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("file") or "index.html"
+        ctype = UI_FILES.get(name)
+        if ctype is None:
+            return api_error(404, f"no console file {name!r}", reason="not_found")
+        body = self._ui_cache.get(name)
+        if body is None:
+            body = (resources.files("gateway") / "ui" / name).read_bytes()
+            self._ui_cache[name] = body
+        return web.Response(body=body, headers={"Content-Type": ctype, **UI_HEADERS})
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        who = request[IDENTITY]
+        return json_response({"name": who.name, "role": who.role})
+
     def env_view(self, name: str) -> dict[str, Any]:
         snap = self.runtime.snapshot
         env = snap.envs[name]
         cfg_env = next(e for e in snap.config.environments if e.name == name)
         counts: dict[str, int] = {}
+        disagreements = {"newly_blocked": 0, "newly_allowed": 0}
         for (family, labels), value in self.stats().counters.items():
             if family.startswith("gateway_requests_") and labels[1] == name:
                 key = ("allowed." if "allowed" in family else "blocked.") + labels[2]
                 counts[key] = counts.get(key, 0) + value
+            elif family == DISAGREE and labels[0] == name and labels[1] in disagreements:
+                disagreements[labels[1]] += value
         return {
             "name": name,
             "hostname": env.hostname.text,
@@ -269,6 +317,7 @@ class AdminApp:
             "locked": env.locked,
             "upstreams": list(cfg_env.upstreams),
             "counters": counts,
+            "candidate_disagreements": disagreements,
         }
 
     def _etag(self) -> str:
@@ -276,14 +325,17 @@ class AdminApp:
 
     async def environments(self, request: web.Request) -> web.Response:
         snap = self.runtime.snapshot
-        return json_response(
-            {
-                "config_sha256": snap.sha256,
-                "management": snap.config.management,
-                "environments": [self.env_view(n) for n in snap.envs],
-            },
-            headers={"ETag": self._etag()},
-        )
+        body: dict[str, Any] = {
+            "config_sha256": snap.sha256,
+            "management": snap.config.management,
+            "environments": [self.env_view(n) for n in snap.envs],
+        }
+        if snap.config.management == "external":
+            # Where to make changes instead: the same words as the writes' 409.
+            body["management_message"] = external_message(
+                self.store.path if self.store else "the config file"
+            )
+        return json_response(body, headers={"ETag": self._etag()})
 
     async def environment(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
