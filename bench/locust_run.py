@@ -110,12 +110,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--keep-logs", action="store_true", help="keep logs and configs, say where")
     p.add_argument("--smoke", action="store_true", help="standard, 10 s, 8 users, changes 1-2 s")
     a = p.parse_args(argv)
-    smoke = {"users": 8, "duration": 10, "operator_interval": "1,2"}
-    full = {"users": 20, "duration": 60, "operator_interval": "3,5"}
-    d = smoke if a.smoke else full
-    users = a.users or d["users"]
+    # (users, seconds, operator interval): explicit options win over the profile.
+    d_users, d_duration, d_interval = (8, 10, "1,2") if a.smoke else (20, 60, "3,5")
+    users: int = a.users or d_users
     scenario = "standard" if a.smoke and a.scenario == "all" else a.scenario
-    interval = a.operator_interval or d["operator_interval"]
+    interval: str = a.operator_interval or d_interval
     try:
         lo, _, hi = interval.partition(",")
         if not 0 < float(lo) <= float(hi or lo):
@@ -128,7 +127,7 @@ def parse_args(argv: list[str] | None) -> Options:
         scenarios=("standard", "large") if scenario == "all" else (scenario,),
         users=users,
         spawn_rate=a.spawn_rate or float(users),
-        duration=a.duration or int(d["duration"]),
+        duration=a.duration or d_duration,
         operator_interval=interval,
         entries=a.entries,
         out=a.out,

@@ -73,25 +73,33 @@ _watcher: gevent.Greenlet | None = None
 _worker_totals: dict[str, dict[str, Any]] = {}  # master: each worker's last report
 
 
-class WrongDecision(Exception):
-    pass
+class CheckFailed(Exception):
+    """A response judged wrong after Locust recorded it (see _report_late)."""
 
 
 # -- the checked request ----------------------------------------------------------------------
 
 
-def _report_late(obs: Observed, verdict: Verdict) -> None:
-    """A check judged after its request was recorded (its version arrived later)."""
-    events.request.fire(
-        request_type="CHECK",
-        name=f"{obs.name} (judged late)",
-        response_time=0,
-        response_length=0,
+def _fire(request_type: str, name: str, t0: float, length: int, exc: Exception | None) -> None:
+    """Report something that is not a FastHttpUser request (a file edit, a late check)
+    to Locust's statistics."""
+    events.request.fire(  # type: ignore[no-untyped-call]  # Locust's EventHook is untyped
+        request_type=request_type,
+        name=name,
+        response_time=(time.perf_counter() - t0) * 1000,
+        response_length=length,
         response=None,
         context={},
-        exception=WrongDecision(verdict.message),
+        exception=exc,
         start_time=time.time(),
         url=None,
+    )
+
+
+def _report_late(obs: Observed, verdict: Verdict) -> None:
+    """A check judged after its request was recorded (its version arrived later)."""
+    _fire(
+        "CHECK", f"{obs.name} (judged late)", time.perf_counter(), 0, CheckFailed(verdict.message)
     )
 
 
@@ -214,20 +222,6 @@ class ChangePlan:
         host = f"{self.prefix}{self.n}.{env}.example.com"
         self.alive.append((env, host))
         return "add", env, host
-
-
-def _fire(request_type: str, name: str, t0: float, length: int, exc: Exception | None) -> None:
-    events.request.fire(
-        request_type=request_type,
-        name=name,
-        response_time=(time.perf_counter() - t0) * 1000,
-        response_length=length,
-        response=None,
-        context={},
-        exception=exc,
-        start_time=time.time(),
-        url=None,
-    )
 
 
 def _replace_file(path: Path, data: bytes) -> None:

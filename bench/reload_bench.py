@@ -375,6 +375,16 @@ async def _reload_once(
     return False, "the watcher did not apply the new file within 30 s"
 
 
+async def _read_gauges(gw: GatewayProcess, variant: Variant, rec: ReloadRecord) -> None:
+    metrics = await asyncio.to_thread(read_metrics, gw.admin_url)
+    rec.duration_s = metric(metrics, "gateway_config_last_reload_duration_seconds")
+    rec.stall_s = metric(metrics, "gateway_config_last_reload_loop_stall_seconds")
+    rec.entries = metric(metrics, "gateway_allowlist_entries")
+    if live_sha(metrics) != variant.sha256:
+        # Another reload landed meanwhile: these gauges may be someone else's.
+        rec.error = "the config serving is not the one written"
+
+
 async def drive_reloads(
     gw: GatewayProcess, variants: list[Variant], opts: Options, t_start: float
 ) -> list[ReloadRecord]:
@@ -393,13 +403,10 @@ async def drive_reloads(
         # (the loop catching up, the collector's young-generation pass).
         rec.window = (t0, t1 + 0.05)
         if ok:
-            metrics = await asyncio.to_thread(read_metrics, gw.admin_url)
-            rec.duration_s = metric(metrics, "gateway_config_last_reload_duration_seconds")
-            rec.stall_s = metric(metrics, "gateway_config_last_reload_loop_stall_seconds")
-            rec.entries = metric(metrics, "gateway_allowlist_entries")
-            if live_sha(metrics) != variant.sha256:
-                # Another reload landed meanwhile: these gauges may be someone else's.
-                rec.error = "the config serving is not the one written"
+            try:
+                await _read_gauges(gw, variant, rec)
+            except OSError as exc:
+                rec.error = f"/metrics: {type(exc).__name__}: {exc}"
         records.append(rec)
         say(
             f"  reload {k} {variant.name:<5} at {rec.at_s:5.1f}s: "

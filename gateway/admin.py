@@ -286,7 +286,11 @@ class AdminApp:
             return api_error(404, f"no console file {name!r}", reason="not_found")
         body = self._ui_cache.get(name)
         if body is None:
-            body = (resources.files("gateway") / "ui" / name).read_bytes()
+            try:
+                body = (resources.files("gateway") / "ui" / name).read_bytes()
+            except OSError as exc:
+                log.error("console file %s cannot be read: %s", name, exc)
+                return api_error(404, f"console file {name!r} is not installed", reason="not_found")
             self._ui_cache[name] = body
         return web.Response(body=body, headers={"Content-Type": ctype, **UI_HEADERS})
 

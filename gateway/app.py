@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.accesslog import AccessLog
 from gateway.admin import AdminApp
 from gateway.config import LoadedConfig, listeners_of, parse_bind
+from gateway.fast import FastEngine
 from gateway.metrics import WorkerStats
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
@@ -30,6 +31,10 @@ from gateway.tls import TLSError, TLSManager
 from gateway.tokens import TokensError
 
 log = logging.getLogger("gateway")
+
+# The engines `--engine` chooses from: same interface, same end-to-end tests.
+Engine = AiohttpEngine | FastEngine
+ENGINE_CLASSES: dict[str, type[Engine]] = {"aiohttp": AiohttpEngine, "fast": FastEngine}
 
 
 @dataclass
@@ -50,7 +55,7 @@ class StartupError(Exception):
     """Raised for an unusable address or the like: ``gateway run`` exits 2."""
 
 
-def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
+def local_stats(runtime: Runtime, engine: Engine) -> WorkerStats:
     return WorkerStats(
         counters=dict(zip(runtime.counters.keys, runtime.counters.values, strict=False)),
         histograms={
@@ -61,16 +66,14 @@ def local_stats(runtime: Runtime, engine: AiohttpEngine) -> WorkerStats:
     )
 
 
-def _engine(
-    runtime: Runtime, opts: RunOptions
-) -> tuple[AiohttpEngine, TLSManager, AccessLog | None]:
+def _engine(runtime: Runtime, opts: RunOptions) -> tuple[Engine, TLSManager, AccessLog | None]:
     try:
         tls = TLSManager(runtime.snapshot.config, opts.listen)
     except TLSError as exc:
         raise StartupError(str(exc)) from None
     runtime.on_swap(lambda snap: tls.reload(snap.config))
     access_log = AccessLog(opts.access_log) if opts.access_log else None
-    return AiohttpEngine(runtime, access_log), tls, access_log
+    return ENGINE_CLASSES[opts.engine](runtime, access_log), tls, access_log
 
 
 async def _start_admin(
@@ -235,7 +238,7 @@ async def serve_supervisor(opts: RunOptions, loaded: LoadedConfig, workers: int)
     for name, s in sockets.items():
         host, port = s.getsockname()[:2]
         log.info("listening listener=%s address=%s:%d", name, host, port)
-    _log_serving(runtime, "aiohttp", workers)
+    _log_serving(runtime, opts.engine, workers)
     # The supervisor watches too, so the admin API's view follows the file; workers watch
     # the file themselves, and SIGHUP reaches them through the supervisor.
     reloader.start(watch=opts.watch)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from gateway.app import RunOptions
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
-ENGINES = ("aiohttp",)
+ENGINES = ("aiohttp", "fast")
 
 
 def _print_json(data: object) -> None:

@@ -35,7 +35,17 @@ class JSONFormatter(logging.Formatter):
             data.update(fields)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(data, default=str).decode()
+        try:
+            return orjson.dumps(data, default=str).decode()
+        except TypeError:  # a lone surrogate from a non-UTF-8 byte somewhere: escape it
+            return orjson.dumps(
+                {k: _escaped(v) if isinstance(v, str) else v for k, v in data.items()},
+                default=str,
+            ).decode()
+
+
+def _escaped(value: str) -> str:
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
 
 
 class TextFormatter(logging.Formatter):

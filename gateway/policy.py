@@ -245,6 +245,10 @@ class ListenerPolicy:
             reason: self._refusal(reason, self._label_env_policy()) for reason in REFUSAL_STATUS
         }
         self.no_route = self._refusal("no_route", None)
+        bad = self.refusals["bad_request"]
+        self.version_refusal = Decision(
+            "refuse", 505, bad.environment, "bad_request", bad.slot, bad.env
+        )
         # Raw Host values exactly as an operator writes an entry skip validation: a value
         # equal to a canonical key is valid by construction. Each key is decided by the
         # slow path below, so the fast path can never disagree with it.
@@ -394,9 +398,14 @@ class ListenerPolicy:
             return decision, forward
         if method == "CONNECT":
             return self.refusals["method_not_allowed"], ""
+        if target == "*" or "#" in target:
+            # "OPTIONS *" asks the server, not a resource: no upstream is the gateway.
+            # A fragment is never part of a request-target (RFC 9112 §3.2); a parser that
+            # let one through would forward text after it as the path.
+            return self.refusals["bad_request"], ""
         # Absolute-form: its authority must name the same host and port as Host, or a
         # front proxy and the app could route on different names.
-        if target[:1] != "/" and target != "*" and not self._same_authority(value, target):
+        if target[:1] != "/" and not self._same_authority(value, target):
             return self.refusals["authority_mismatch"], ""
         return decision, forward
 

@@ -76,6 +76,15 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ClientBodyError(Exception):
+    """The client's body broke off or did not parse (a bad chunk size arriving after the
+    request was dispatched): the client's fault, answered 400, never blamed on upstream."""
+
+
+def client_body_failed(request: web.BaseRequest) -> bool:
+    return request.body_exists and request.content.exception() is not None
+
+
 class UpstreamPool:
     """Round robin over an environment's upstreams, skipping recently refusing ones."""
 
@@ -226,20 +235,28 @@ class Forwarder:
                 return _error(504, "upstream did not answer in time")
             except BodyTooLarge:
                 raise
-            except aiohttp.ClientPayloadError:
-                self.stats.error(env.name, "protocol")
-                return _error(502, "upstream sent a broken response")
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                self.stats.error(env.name, "reset")
-                return _error(502, "upstream closed the connection")
-            except aiohttp.ClientError:
-                self.stats.error(env.name, "protocol")
-                return _error(502, "upstream sent an invalid response")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if client_body_failed(request):
+                    raise ClientBodyError() from exc
+                return self._upstream_error(env, exc)
             try:
                 return await self._relay(request, upstream, env, started, extra_response_headers)
             finally:
                 upstream.release()
         return _error(502, f"no upstream of {env.name!r} accepted the connection")
+
+    def _upstream_error(self, env: EnvPolicy, exc: BaseException) -> web.Response:
+        """Translate an upstream failure at the boundary: 504 for time, 502 for the rest."""
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+            kind, status, text = "timeout", 504, "upstream did not answer in time"
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            kind, status, text = "protocol", 502, "upstream sent a broken response"
+        elif isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+            kind, status, text = "reset", 502, "upstream closed the connection"
+        else:
+            kind, status, text = "protocol", 502, "upstream sent an invalid response"
+        self.stats.error(env.name, kind)
+        return _error(status, text)
 
     async def _relay(
         self,

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 import time
 from typing import Any, cast
 
 import aiohttp
+import aiohttp.http_parser as _py_parser
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from yarl import URL
 
 from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
 from gateway.config import Bind
 from gateway.policy import Decision, EnvPolicy
-from gateway.proxy import BodyTooLarge, Forwarder, client_address, upstream_headers
+from gateway.proxy import BodyTooLarge, ClientBodyError, Forwarder, client_address, upstream_headers
 from gateway.responses import new_request_id, refusal_text
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.server")
+
+# aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) accepts chunk sizes of any length;
+# llhttp refuses those that overflow 64 bits (RFC 9112 §7.1: guard against overflow), and a
+# front proxy that wraps them would desynchronise from us. Bound them the same way.
+_py_parser.HEXDIGITS = re.compile(rb"[0-9a-fA-F]{1,16}")  # type: ignore[misc]
 # A refused request's body is drained up to this much so the connection can be kept;
 # beyond it the connection is closed (the body is never parsed as a next request).
 DISCARD_LIMIT = 64 * 1024
@@ -64,7 +72,11 @@ class ListenerEngine:
         target = msg.path
         if lp.health_path is not None and target == lp.health_path:
             return _health(rt)
-        decision, forward_host = lp.decide(msg.headers.getall("Host", ()), msg.method, target)
+        if msg.version[0] > 1:
+            # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too.
+            decision, forward_host = lp.version_refusal, ""
+        else:
+            decision, forward_host = lp.decide(msg.headers.getall("Host", ()), msg.method, target)
         if lp.tls and forward_host and not _sni_matches(request, forward_host):
             decision = lp.refusals["sni_mismatch"]
         counters = rt.counters.values
@@ -108,6 +120,16 @@ class ListenerEngine:
                 )
             status = resp.status
             return resp
+        except ClientBodyError:
+            refusal = lp.refusals["bad_request"]
+            counters[refusal.slot] += 1
+            counters[decision.slot] -= 1  # counted once: as refused, not as allowed
+            resp = self._refuse(request, refusal, request_id, snap.short_sha)
+            resp.force_close()
+            if isinstance(request.protocol, _Handler):
+                request.protocol.close_after_response()
+            status = resp.status
+            return resp
         except BodyTooLarge:
             refusal = lp.refusals["body_too_large"]
             counters[refusal.slot] += 1
@@ -134,6 +156,8 @@ class ListenerEngine:
         """Top blocked hosts and the rate-limited refusal log (would-block ones too)."""
         rt = self.runtime
         host = host_values[0] if len(host_values) == 1 else None
+        if host is not None and not host.isascii():
+            host = printable(host)
         reason = "would_block" if decision.would_block else decision.label
         if host is not None:
             rt.blocked.add(decision.environment, host, reason, time.time())
@@ -307,6 +331,12 @@ class ListenerEngine:
         return resp
 
 
+def printable(value: str) -> str:
+    """Header values are decoded with surrogateescape: bytes that are not UTF-8 become lone
+    surrogates, which no JSON encoder accepts. Keep them visible as \\xNN escapes."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _peer(request: web.BaseRequest) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if isinstance(peer, tuple) else "unknown"
@@ -416,13 +446,59 @@ class _Handler(RequestHandler):
             if not data:
                 return
         before = self._request_count
-        super().data_received(data)
+        queued = len(self._messages)
+        end = data.find(b"\r\n\r\n")
+        if end != -1 and end + 4 < len(data) and self._payload_parser is None:
+            self._feed_pieces(data)
+        else:
+            super().data_received(data)
+        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+            self._fail_streaming_body(self._messages[-1][0])
         if self._request_count != before:
             self._disarm()  # a whole header block arrived
         elif self._handled >= self._request_count and not self._upgraded:
             # Idle keep-alive connection receiving the start of its next request: the
             # clock for its headers starts now (nginx client_header_timeout).
             self._arm()
+
+    def close_after_response(self) -> None:
+        """With the response's force_close(): close once it is written, without lingering
+        to drain the rest of a broken body (aiohttp would read it and log the parse error
+        again). This connection is closing anyway, so its lingering time can go."""
+        self._lingering_time = 0.0
+
+    def _fail_streaming_body(self, err: _ErrInfo) -> None:
+        """The parser failed inside the body of a request already being forwarded (a bad
+        chunk in a later read). aiohttp queues the error as a next message and leaves the
+        body waiting forever; end the body with the error so the forward stops and answers
+        400 (proxy.ClientBodyError)."""
+        current = self._current_request
+        if current is not None and current.body_exists and not current.content.is_eof():
+            current.content.set_exception(err.exc or ValueError(err.message))
+
+    def _feed_pieces(self, data: bytes) -> None:
+        """Pipelined requests arriving in one read: aiohttp's data_received drops every
+        message of a read whose parse fails, so a bad second request would take the good
+        first one with it, unanswered. Feeding the read in pieces that end at header
+        boundaries keeps the good ones; after a refused piece, nothing more is parsed (the
+        refusal closes the connection)."""
+        start = 0
+        while start < len(data):
+            end = data.find(b"\r\n\r\n", start)
+            stop = len(data) if end == -1 else end + 4
+            head = data[start:stop].lower()
+            if b"content-length" in head or b"transfer-encoding" in head:
+                # A request with a body: its body errors must refuse it before dispatch,
+                # as when parsed in one go. Only bodiless requests are split off.
+                stop = len(data)
+            super().data_received(data[start:stop])
+            if (
+                self._force_close
+                or self._close
+                or (self._messages and isinstance(self._messages[-1][0], _ErrInfo))
+            ):
+                return
+            start = stop
 
     def _proxy_header(self, data: bytes) -> bytes:
         assert self._proxy_buf is not None
@@ -470,6 +546,17 @@ class _Server(web.Server):
     def __init__(self, engine: ListenerEngine, **kwargs: Any) -> None:
         super().__init__(engine.handle, **kwargs)
         self.engine = engine
+
+    def _make_request(self, message: Any, *args: Any, **kwargs: Any) -> web.BaseRequest:
+        try:
+            return super()._make_request(message, *args, **kwargs)
+        except ValueError:
+            # yarl fails on some absolute-form targets (an undecodable xn-- label) inside
+            # BaseRequest(); that would kill the connection's task and leave the socket
+            # hanging. The decision reads the raw target (message.path) only, so a neutral
+            # URL lets the request reach it and be refused like any other.
+            safe = message._replace(url=URL.build(path="/"))
+            return super()._make_request(safe, *args, **kwargs)
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)

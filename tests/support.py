@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 PY = sys.executable
+# The engine start_gateway passes with --engine when the caller names none; set per test
+# by conftest's ``engine`` fixture (None: the CLI's default).
+DEFAULT_ENGINE: str | None = None
 LISTEN_RE = re.compile(r"listening listener=(\S+) address=(\S+):(\d+)")
 
 
@@ -148,6 +151,7 @@ def start_gateway(
         "--admin-listen", "127.0.0.1:0", "--drain-delay", "0", "--listen", "127.0.0.1:0",
         *extra,
     ]  # fmt: skip
+    engine = engine or DEFAULT_ENGINE
     if engine:
         args += ["--engine", engine]
     proc = Proc(args, env=env)

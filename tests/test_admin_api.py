@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import Gateway, Upstream, get, start_gateway
+from support import Gateway, Upstream, get, start_gateway, wait_until
 
 from gateway.tokens import Identity, entry_for, new_token
 
@@ -374,8 +374,14 @@ async def test_concurrent_api_and_cli_lose_nothing(gw: Gateway) -> None:
 
     expected = set(adds) | set(cli_adds)
     assert set(file_entries(gw, "conc")) == expected and len(file_entries(gw, "conc")) == 44
-    env = call(gw, "GET", "/api/v1/environments/conc", "bob").body
-    assert set(env["secure_endpoints"]) == expected
+    # CLI edits reach the running gateway through its file watch, a moment after they
+    # return (API writes answer only once live; a CLI process cannot wait for that).
+    took = wait_until(
+        lambda: set(call(gw, "GET", "/api/v1/environments/conc", "bob").body["secure_endpoints"])
+        == expected,
+        timeout=15,
+    )
+    print(f"CLI edits live {took:.2f}s after the last call returned")
 
     lines = audit_file(gw)[start:]
     assert len(lines) == len(calls) + len(cli_adds)

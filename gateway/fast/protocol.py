@@ -1,0 +1,1373 @@
+"""The fast engine's client connection, and the forwarding of one allowed request.
+
+One ``ClientConnection`` per accepted socket feeds what it reads to aiohttp's strict
+request parser (llhttp), decides each request with the sans-IO core
+(``ListenerPolicy``), and answers in request order:
+
+- a refusal is one ``transport.write`` of prebuilt bytes (``prebuilt.Refusal``);
+- an allowed request becomes a ``Forward``: the request head rebuilt by
+  ``proxy.upstream_headers`` (the same header rules as the aiohttp engine), written to a
+  pooled keep-alive upstream connection, the body streamed after it, the response parsed
+  by aiohttp's ``HttpResponseParser`` and relayed, reframed as the aiohttp engine does.
+
+Everything runs in transport callbacks; the only task is a connect to a new upstream
+connection. Flow control is on the transports, both ways, as in uvicorn's
+``httptools_impl`` (``FlowControl``) and nginx's unbuffered proxying: a full upstream
+write buffer pauses reading from the client, a full client write buffer pauses reading
+from the upstream, so a body never sits in memory beyond a read or two.
+
+Ordering (pipelining, RFC 9112 §9.3.2): parsed requests wait in a queue while one is in
+progress, and the client is not read meanwhile (uvicorn does the same); each is decided
+on its own, against the snapshot current when its turn comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from typing import Any, cast
+
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from gateway import proxy_protocol
+from gateway.accesslog import AccessLog
+from gateway.fast import prebuilt
+from gateway.fast.chunked import ChunkedFraming
+from gateway.fast.prebuilt import CLOSE, KEEP_10, KEEP_11, DateLine, Refusal, RequestIds
+from gateway.fast.upstream import ONLY_FIRST, SINK, Route, UpstreamConnection, UpstreamPools
+from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
+from gateway.proxy import DROP_RESPONSE, client_address, upstream_headers
+from gateway.runtime import Runtime
+from gateway.server import DISCARD_LIMIT, SNI_ATTR, _origin_form, host_part
+
+log = logging.getLogger("gateway.fast")
+# aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
+# framing; with it, chunked bodies are checked by chunked.ChunkedFraming first.
+PYTHON_PARSER = HttpRequestParser.__module__ == "aiohttp.http_parser"
+
+# Methods after which aiohttp's client sends no "Content-Length: 0" for an empty body.
+GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# A stale keep-alive connection is retried once for these (aiohttp client.py, RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+NO_BODY_STATUS = frozenset({204, 304})
+DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
+# A refused (or early-answered) request's body is read and dropped for this long before
+# the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
+LINGER_S = 2.0
+# The client's read buffer while a request waits for its upstream connection.
+HOLD_LIMIT = 64 * 1024
+# The request parser's body StreamReader limit (aiohttp's read_bufsize default).
+READ_LIMIT = 2**16
+HEADER_SEP = b"\r\n\r\n"
+
+# Why the client transport is not being read; reading resumes when no reason is left.
+P_PIPELINE = 1  # requests are queued behind the one in progress
+P_UPSTREAM = 2  # the upstream's write buffer is full (request body back-pressure)
+P_WAIT = 4  # body or upgrade bytes held until the upstream connection exists / answers
+P_DEAD = 8  # the parser failed: nothing after the failure is read
+
+# How the response body is framed to the client.
+OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_EOF = 0, 1, 2, 3
+
+
+class ParseFailure:
+    """A request the parser refused, answered 400 in its turn (after the responses the
+    requests before it are owed)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """As ``server.ListenerEngine.parser_refusal``: aiohttp's parser refuses the two Host
+    errors itself; they keep their own reason so "allowed + blocked = received" holds per
+    reason too."""
+    text = str(getattr(exc, "message", "") or exc or "").lower()
+    if text.startswith("duplicate 'host'"):
+        return "duplicate_host"
+    if text.startswith("missing 'host'"):
+        return "missing_host"
+    return "bad_request"
+
+
+def origin_form(target: str) -> str:
+    """The target sent upstream: origin-form (RFC 9112 §3.2.2 for absolute-form), without
+    a fragment, which no request-target may carry (§3.2) and browsers never send. The
+    aiohttp engine drops it too (yarl), so the upstream never routes on a "#/path" that
+    a front proxy would have ignored."""
+    hash_at = target.find("#")
+    if hash_at < 0 and target[:1] == "/":
+        return target
+    if hash_at >= 0:
+        target = target[:hash_at]
+    return _origin_form(target)
+
+
+def content_length(msg: Any) -> int | None:
+    value = msg.headers.get("Content-Length")
+    return int(value) if value is not None else None
+
+
+class Listener:
+    """What every connection of one listener shares: config-derived caches, the upstream
+    pools, the request ids and the Date line, and the set of open connections."""
+
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        pools: UpstreamPools,
+        access_log: AccessLog | None,
+        ids: RequestIds,
+        date: DateLine,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.pools = pools
+        self.access_log = access_log
+        self.ids = ids
+        self.date = date
+        self.loop = loop
+        limits = runtime.snapshot.config.limits
+        # Fixed at start, as the aiohttp engine fixes them for its web.Server.
+        self.max_line = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        # Forwards waiting on an upstream, checked for their timeouts by the engine's
+        # sweep (engine.TICK_S) instead of a timer each: uvloop's call_at and cancel cost
+        # ~4 µs per request, a set add and discard ~0.1 µs.
+        self.active: set[Forward] = set()
+        self._hosts: dict[str, tuple[Decision, str]] = {}
+        self._hosts_policy: ListenerPolicy | None = None
+        self._refusals: dict[Decision, Refusal] = {}
+        self._refusals_snap: Snapshot | None = None
+
+    def new_parser(self) -> Any:
+        return HttpRequestParser(
+            SINK,
+            self.loop,
+            READ_LIMIT,
+            max_line_size=self.max_line,
+            max_field_size=self.max_line,
+            max_headers=self.max_headers,
+            auto_decompress=False,
+        )
+
+    def decide(self, lp: ListenerPolicy, msg: Any) -> tuple[Decision, str]:
+        values = msg.headers.getall("Host", ())
+        target: str = msg.path
+        if len(values) == 1 and target[:1] == "/" and msg.method != "CONNECT":
+            # Exactly ListenerPolicy.decide for an origin-form, non-CONNECT request: its
+            # decide_host(value). Memoised per policy object (a reload brings a new one),
+            # bounded: the key is client input, so the map is dropped when full rather
+            # than grown (the policy's own map covers configured names; this one also
+            # covers the unknown names a scanner or a load test repeats).
+            if lp is not self._hosts_policy:
+                self._hosts = {}
+                self._hosts_policy = lp
+            value = values[0]
+            hit = self._hosts.get(value)
+            if hit is None:
+                hit = lp.decide_host(value)
+                if len(self._hosts) >= 4096:
+                    self._hosts.clear()
+                self._hosts[value] = hit
+            return hit
+        return lp.decide(values, msg.method, target)
+
+    def refusal(self, decision: Decision, snap: Snapshot) -> Refusal:
+        if snap is not self._refusals_snap:
+            self._refusals = {}
+            self._refusals_snap = snap
+        tpl = self._refusals.get(decision)
+        if tpl is None:
+            tpl = self._refusals[decision] = Refusal(decision, snap.short_sha)
+        return tpl
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def access(
+        self,
+        decision: Decision,
+        status: int,
+        rid: bytes,
+        sha: str,
+        client: str,
+        method: str,
+        upstream: str | None,
+        duration: float,
+    ) -> None:
+        assert self.access_log is not None
+        self.access_log.write(
+            {
+                "time": time.time(),
+                "request_id": rid.decode("ascii"),
+                "client": client,
+                "listener": self.name,
+                "environment": decision.environment,
+                "decision": "allowed" if decision.action == "forward" else "blocked",
+                "reason": decision.label,
+                "status": status,
+                "method": method,
+                "upstream": upstream,
+                "duration_s": round(duration, 6),
+                "config": sha,
+            }
+        )
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "L",
+        "_deadline",
+        "_dispatching",
+        "_framing",
+        "_idle_since",
+        "_idle_timer",
+        "_linger",
+        "accepted",
+        "client_addr",
+        "closing",
+        "current",
+        "dead",
+        "discarding",
+        "handled",
+        "idle",
+        "last_item",
+        "loop",
+        "parser",
+        "paused",
+        "peer_ip",
+        "proxy_buf",
+        "queue",
+        "request_count",
+        "sni",
+        "transport",
+        "tunnel",
+        "upgrade_tail",
+        "write_paused",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self.L = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = None
+        self.queue: deque[tuple[Any, Any] | ParseFailure] = deque()
+        self.current: Forward | None = None
+        self.tunnel: Forward | None = None
+        self.discarding: Any = None  # an answered request's body, read and dropped
+        self.accepted = False
+        self.closing = False
+        self.dead = False
+        self.paused = 0
+        self.write_paused = False
+        self.request_count = 0
+        self.handled = 0
+        self.idle = False
+        self._idle_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._dispatching = False
+        self._framing: ChunkedFraming | None = None
+        self.last_item: tuple[Any, Any] | None = None
+        self.upgrade_tail: bytes | None = None
+        self.proxy_buf: bytearray | None = None
+        self.client_addr: str | None = None
+        self.peer_ip = "unknown"
+        self.sni: str | None = None
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        L = self.L
+        rt = L.runtime
+        snap = rt.snapshot
+        if rt.connections_open.get(L.name, 0) >= snap.config.limits.max_connections:
+            rt.refused_connection(L.name, "connection_limit")
+            # Refused at once: an RST costs the client nothing and frees the slot now.
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.accepted = True
+        rt.connections_open[L.name] = rt.connections_open.get(L.name, 0) + 1
+        L.connections.add(self)
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_ip = str(peer[0])
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None:
+            self.sni = getattr(ssl_obj, SNI_ATTR, None)
+        if snap.listeners[L.name].proxy_protocol:
+            self.proxy_buf = bytearray()
+        self.parser = L.new_parser()
+        self._arm_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.accepted:
+            return
+        self.accepted = False
+        self.closing = True
+        L = self.L
+        L.runtime.connections_open[L.name] -= 1
+        L.connections.discard(self)
+        self._disarm_deadline()
+        for timer in (self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._linger = None
+        cur = self.current or self.tunnel
+        self.current = self.tunnel = None
+        if cur is not None:
+            cur.client_lost()
+        self.queue.clear()
+        self.transport = None
+
+    def eof_received(self) -> bool | None:
+        # As aiohttp's server: a half-closed client is closed (the response, if any, is
+        # cut); RFC 9112 §9.6 lets a server treat it as the end of the connection.
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cur = self.current or self.tunnel
+        if cur is not None:
+            cur.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cur = self.current or self.tunnel
+        if cur is not None:
+            cur.client_resume_writing()
+        elif self.queue:
+            self._pump_queue()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.proxy_buf is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.client_data(data)
+            return
+        if self.closing or self.dead:
+            return
+        if self.upgrade_tail is not None:
+            # An upgrade request awaits its answer: what follows is not HTTP/1.1.
+            self.upgrade_tail += data
+            if len(self.upgrade_tail) > HOLD_LIMIT:
+                self._pause(P_WAIT)
+            return
+        self.idle = False
+        messages, exc, upgraded, tail = self._parse(data)
+        if self.discarding is not None:
+            self._discard()
+        cur = self.current
+        if cur is not None and cur.body_open:
+            cur.pump_body()
+        if upgraded:
+            self.upgrade_tail = tail
+        # The header deadline, as server._Handler: a whole header block arrived, or an
+        # idle keep-alive connection received the start of its next request.
+        if messages:
+            if self._deadline is not None:
+                self._disarm_deadline()
+            self.request_count += len(messages)
+            self.last_item = messages[-1]
+            if (
+                exc is None
+                and len(messages) == 1
+                and cur is None
+                and not self.queue
+                and not self.write_paused
+            ):
+                # The common read: one request, nothing before it owed an answer.
+                msg, payload = messages[0]
+                self._handle(msg, payload)
+                return
+            self.queue.extend(messages)
+        elif self.handled >= self.request_count and not upgraded:
+            self._arm_deadline()
+        if exc is not None:
+            self._parse_failed(exc)
+        if self.queue:
+            self._pump_queue()
+
+    def _parse(self, data: bytes) -> tuple[list[Any], BaseException | None, bool, bytes]:
+        """Feed the parser; (messages, error, upgraded, bytes after the upgrade request).
+
+        When a read holds more than one header block, it is fed one block at a time: a
+        parser error then loses nothing before it, so a good request pipelined ahead of a
+        bad one is still answered (aiohttp's feed_data drops the whole read's messages
+        when it raises). The common read, one request ending in CRLFCRLF, is one feed.
+        """
+        if PYTHON_PARSER:
+            return self._parse_checked(data)
+        parser = self.parser
+        end = data.find(HEADER_SEP)
+        out: list[Any] = []
+        try:
+            if end < 0 or end + 4 >= len(data):
+                messages, upgraded, tail = parser.feed_data(data)
+                return messages, None, upgraded, tail
+            start = 0
+            size = len(data)
+            while start < size:
+                stop = end + 4 if end >= 0 else size
+                messages, upgraded, tail = parser.feed_data(data[start:stop])
+                out.extend(messages)
+                if upgraded:
+                    return out, None, True, tail + data[stop:]
+                start = stop
+                end = data.find(HEADER_SEP, start)
+            return out, None, False, b""
+        except Exception as exc:  # anything the parser raises refuses the request
+            return out, exc, False, b""
+
+    def _parse_checked(self, data: bytes) -> tuple[list[Any], BaseException | None, bool, bytes]:
+        """``_parse`` for the pure-Python parser: header block by header block always, and
+        the bytes of a chunked body through ``ChunkedFraming`` before the parser."""
+        parser = self.parser
+        out: list[Any] = []
+        start = 0
+        size = len(data)
+        try:
+            while start < size:
+                end = data.find(HEADER_SEP, start)
+                stop = end + 4 if end >= 0 else size
+                piece = data[start:stop]
+                if self._framing is not None and self._framing.feed(piece) >= 0:
+                    self._framing = None
+                messages, upgraded, tail = parser.feed_data(piece)
+                out.extend(messages)
+                if messages:
+                    msg, payload = messages[-1]
+                    if msg.chunked and payload is not EMPTY_PAYLOAD and not payload.is_eof():
+                        self._framing = ChunkedFraming()
+                if upgraded:
+                    return out, None, True, tail + data[stop:]
+                start = stop
+            return out, None, False, b""
+        except Exception as exc:
+            return out, exc, False, b""
+
+    def _parse_failed(self, exc: BaseException) -> None:
+        self.dead = True
+        self._pause(P_DEAD)
+        reason = failure_reason(exc)
+        last = self.last_item
+        payload = last[1] if last is not None else EMPTY_PAYLOAD
+        if payload is not EMPTY_PAYLOAD and not payload.is_eof():
+            # The error is inside the body of the last request parsed.
+            if self.queue and self.queue[-1] is last:
+                self.queue[-1] = ParseFailure(reason)  # not started: refused as a whole
+                return
+            cur = self.current
+            if cur is not None and cur.payload is payload:
+                cur.body_broken(reason)
+                return
+            self._close()  # already answered: nothing more to say
+            return
+        self.queue.append(ParseFailure(reason))
+
+    def _discard(self) -> None:
+        payload = self.discarding
+        # Not contextlib.suppress: it builds a context manager per read (aiohttp's
+        # base_protocol avoids it on its read path for the same reason).
+        try:  # noqa: SIM105
+            payload.read_nowait()
+        except Exception:
+            pass
+        if payload.is_eof():
+            self.discarding = None
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+
+    def _on_linger(self) -> None:
+        self._linger = None
+        if self.discarding is not None:
+            self._close()  # the body did not end in time: never read it as a request
+
+    # -- dispatching ----------------------------------------------------------------------
+
+    def _pump_queue(self) -> None:
+        if self._dispatching:
+            return
+        self._dispatching = True
+        queue = self.queue
+        try:
+            # Not while the client's write buffer is full: a read full of tiny pipelined
+            # requests must not turn into megabytes of buffered answers.
+            while self.current is None and queue and not self.closing and not self.write_paused:
+                item = queue.popleft()
+                if type(item) is ParseFailure:
+                    self._answer_failure(item.reason)
+                    break
+                msg, payload = cast(tuple[Any, Any], item)
+                self._handle(msg, payload)
+        finally:
+            self._dispatching = False
+        if self.closing:
+            return
+        if queue:
+            self._pause(P_PIPELINE)
+        elif self.paused & P_PIPELINE:
+            self._resume(P_PIPELINE)
+        if self.current is None and not queue and self.discarding is None:
+            self._become_idle()
+
+    def _handle(self, msg: Any, payload: Any) -> None:
+        L = self.L
+        rt = L.runtime
+        snap = rt.snapshot  # read once: this request is decided by this config only
+        lp = snap.listeners[L.name]
+        target: str = msg.path
+        if msg.version.major != 1 or not target.isascii() or target == "*":
+            # llhttp takes "HTTP/2.0" (and the Python parser "HTTP/9.9"), and both take
+            # raw non-ASCII bytes in the target: not HTTP/1 requests (RFC 9112 §2.3,
+            # §3.2), refused like what the parser refuses. Asterisk-form (OPTIONS *)
+            # asks about the server itself, not about an environment; nginx answers it
+            # 400 too.
+            self._answer_failure("bad_request")
+            return
+        if lp.health_path is not None and target == lp.health_path:
+            self._health(msg, payload)
+            return
+        decision, forward_host = L.decide(lp, msg)
+        if lp.tls and forward_host and not self._sni_matches(forward_host):
+            decision = lp.refusals["sni_mismatch"]
+        counters = rt.counters.values
+        counters[decision.slot] += 1
+        if decision.disagreement_slot >= 0:
+            counters[decision.disagreement_slot] += 1
+        rid = L.ids.next()
+        if decision.action == "refuse":
+            self._refuse(msg, payload, decision, rid, snap)
+            return
+        env = decision.env
+        assert env is not None
+        if payload is not EMPTY_PAYLOAD:
+            cl = content_length(msg)
+            if cl is not None and cl > env.max_body_bytes:
+                refusal = lp.refusals["body_too_large"]
+                counters[refusal.slot] += 1
+                counters[decision.slot] -= 1  # counted once: as refused, not as allowed
+                self._refuse(msg, payload, refusal, rid, snap)
+                return
+        fwd = Forward(self, msg, payload, decision, env, forward_host, rid, snap, lp)
+        self.current = fwd
+        fwd.start()
+
+    def mode_for(self, msg: Any) -> int:
+        if msg.should_close or self.L.draining:
+            return CLOSE
+        return KEEP_10 if msg.version.minor == 0 else KEEP_11
+
+    def _refuse(
+        self, msg: Any, payload: Any, decision: Decision, rid: bytes, snap: Snapshot
+    ) -> None:
+        L = self.L
+        if decision.status == 0:
+            # blocked_response "close": drop the connection unanswered, like nginx's 444.
+            self._abort()
+            return
+        mode = self.mode_for(msg)
+        if payload is not EMPTY_PAYLOAD:
+            cl = content_length(msg)
+            if cl is None or cl > DISCARD_LIMIT or decision.label == "body_too_large":
+                mode = CLOSE
+        if self.upgrade_tail is not None:
+            mode = CLOSE  # what follows an upgrade request is not a next request
+        head_only = msg.method == "HEAD"
+        self.write(L.refusal(decision, snap).render(rid, L.date.line, mode, head_only))
+        if L.access_log is not None:
+            L.access(
+                decision, decision.status, rid, snap.short_sha,
+                self.client_addr or self.peer_ip, msg.method, None, 0.0,
+            )  # fmt: skip
+        self.finish(msg, payload, mode != CLOSE)
+
+    def _health(self, msg: Any, payload: Any) -> None:
+        rt = self.L.runtime
+        mode = self.mode_for(msg)
+        if self.upgrade_tail is not None:
+            mode = CLOSE
+        status, text = (200, "ok\n") if rt.ready else (503, "draining\n")
+        self.write(prebuilt.plain(status, text, self.L.date.line, mode, msg.method == "HEAD"))
+        self.finish(msg, payload, mode != CLOSE)
+
+    def _answer_failure(self, reason: str) -> None:
+        """400 for a request the parser refused, counted like any refusal; then close."""
+        L = self.L
+        rt = L.runtime
+        snap = rt.snapshot
+        decision = snap.listeners[L.name].refusals[reason]
+        rt.counters.values[decision.slot] += 1
+        self.write(L.refusal(decision, snap).render(L.ids.next(), L.date.line, CLOSE, False))
+        self.handled += 1
+        self._close()
+
+    def finish(self, msg: Any, payload: Any, keep_alive: bool) -> None:
+        """The response to ``msg`` is written (or being streamed to its end)."""
+        self.handled += 1
+        if not keep_alive or self.L.draining:
+            self._close()
+            return
+        if payload is not EMPTY_PAYLOAD and not payload.is_eof():
+            self.discarding = payload
+            self._discard()
+            if self.discarding is not None:
+                self._linger = self.loop.call_later(LINGER_S, self._on_linger)
+        if self._dispatching:
+            return  # _pump_queue goes on with the next one
+        if self.queue:
+            self._pump_queue()
+        elif self.discarding is None and self.current is None:
+            if self.paused & P_PIPELINE:
+                self._resume(P_PIPELINE)
+            self._become_idle()
+
+    def _become_idle(self) -> None:
+        # The keep-alive timer is lazy (as nginx's timers): one handle per connection,
+        # re-armed from its callback, not cancelled and re-created per request.
+        self.idle = True
+        now = self.loop.time()
+        self._idle_since = now
+        if self._idle_timer is None:
+            keepalive = self.L.runtime.snapshot.config.timeouts.keepalive_s
+            self._idle_timer = self.loop.call_at(now + keepalive, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._idle_timer = None
+        if not self.idle or self.closing:
+            return
+        keepalive = self.L.runtime.snapshot.config.timeouts.keepalive_s
+        left = self._idle_since + keepalive - self.loop.time()
+        if left <= 0:
+            self._close()
+        else:
+            self._idle_timer = self.loop.call_later(left, self._on_idle_timer)
+
+    # -- header deadline --------------------------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            timeout = self.L.runtime.snapshot.config.timeouts.header_s
+            self._deadline = self.loop.call_later(timeout, self._header_timeout)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_timeout(self) -> None:
+        self._deadline = None
+        self.L.runtime.refused_connection(self.L.name, "header_timeout")
+        self._abort()
+
+    # -- PROXY protocol, SNI --------------------------------------------------------------
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        assert self.proxy_buf is not None
+        self.proxy_buf += data
+        try:
+            header = proxy_protocol.parse(bytes(self.proxy_buf))
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.L.runtime.refused_connection(self.L.name, "proxy_protocol")
+            log.info("closing connection: %s", exc)
+            self.proxy_buf = None
+            self._abort()
+            return b""
+        if header is None:
+            return b""
+        rest = bytes(self.proxy_buf[header.consumed :])
+        self.proxy_buf = None
+        if header.client is not None and self._trusted(self.peer_ip):
+            self.client_addr = header.client
+        return rest
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.L.runtime.snapshot.loaded.trusted_proxies)
+
+    def _sni_matches(self, forward_host: str) -> bool:
+        """Strict SNI, as server._sni_matches: the TLS server name must be the Host's host."""
+        sni = self.sni
+        host = host_part(forward_host)
+        if sni is None:
+            # Clients send no SNI when they connect to an IP literal (RFC 6066 §3).
+            return host[:1] == "[" or host.replace(".", "").isdigit()
+        return bool(sni.rstrip(".").lower() == host)
+
+    # -- transport helpers ----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def _close(self) -> None:
+        """Close after what is buffered has been written."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Shutdown: an idle connection closes now, a busy one after its response."""
+        if self.current is None and self.tunnel is None and not self.queue:
+            self._close()
+
+
+class Forward:
+    """One allowed request on its way to an upstream and back."""
+
+    __slots__ = (
+        "L",
+        "activity",
+        "body_open",
+        "body_seen",
+        "chunked_up",
+        "cl",
+        "client",
+        "conn",
+        "connecting",
+        "decision",
+        "done",
+        "env",
+        "forward_host",
+        "head",
+        "lp",
+        "method",
+        "mode",
+        "msg",
+        "next_i",
+        "order",
+        "out",
+        "payload",
+        "resp",
+        "resp_payload",
+        "retried",
+        "reused",
+        "rid",
+        "route",
+        "snap",
+        "started",
+        "status",
+        "tunnel",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        msg: Any,
+        payload: Any,
+        decision: Decision,
+        env: EnvPolicy,
+        forward_host: str,
+        rid: bytes,
+        snap: Snapshot,
+        lp: ListenerPolicy,
+    ) -> None:
+        self.client = client
+        self.L = client.L
+        self.msg = msg
+        self.payload = payload
+        self.decision = decision
+        self.env = env
+        self.forward_host = forward_host
+        self.rid = rid
+        self.snap = snap
+        self.lp = lp
+        self.method: str = msg.method
+        self.body_open = payload is not EMPTY_PAYLOAD
+        self.body_seen = 0
+        self.chunked_up = False
+        self.cl: int | None = None
+        self.conn: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.route: Route | None = None
+        self.order: Sequence[int] = ()
+        self.next_i = 0
+        self.head = b""
+        self.reused = False
+        self.retried = False
+        self.resp: Any = None
+        self.resp_payload: Any = None
+        self.status = 0
+        self.out = OUT_NONE
+        self.mode = client.mode_for(msg)
+        self.activity = 0.0
+        self.started = 0.0
+        self.done = False
+        self.tunnel = False
+        self.upgrade = client.upgrade_tail is not None
+
+    # -- request --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        L = self.L
+        client = self.client
+        msg = self.msg
+        rt = L.runtime
+        rt.in_flight[L.name] = rt.in_flight.get(L.name, 0) + 1
+        self.started = L.loop.time()
+        if self.body_open:
+            self.cl = content_length(msg)
+            # A client that sent "Expect: 100-continue" waits for this before sending its
+            # body: the decision is made, so ask for it now rather than let its timer run.
+            if msg.headers.get("Expect", "").lower() == "100-continue":
+                client.write(prebuilt.CONTINUE)
+        self.head = self._request_head()
+        route = self.route = L.pools.route(self.env)
+        self.order = ONLY_FIRST if route.single else route.pool.order(self.started)
+        self._next_upstream()
+
+    def _request_head(self) -> bytes:
+        msg = self.msg
+        client = self.client
+        _client, xff = client_address(
+            client.client_addr or client.peer_ip,
+            msg.headers.get("X-Forwarded-For"),
+            self.snap.loaded.trusted_proxies,
+        )
+        headers = upstream_headers(
+            msg.raw_headers,
+            self.forward_host,
+            xff,
+            "https" if self.lp.tls else "http",
+            self.rid.decode("ascii"),
+        )
+        target = origin_form(msg.path).encode("utf-8", "surrogateescape")
+        # Host first, then the rest in order: the layout aiohttp's client writes.
+        parts = [
+            self.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ",
+            self.forward_host.encode("ascii"), b"\r\n",
+        ]  # fmt: skip
+        for name, value in headers.items():
+            if name != "Host":
+                # Names and values were decoded as latin-1 from the raw bytes: encoding
+                # them back the same way forwards exactly the bytes the client sent.
+                parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        if self.body_open:
+            if self.cl is not None:
+                parts.append(b"Content-Length: %d\r\n" % self.cl)
+            else:
+                self.chunked_up = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.method not in GET_METHODS:
+            parts.append(b"Content-Length: 0\r\n")  # as aiohttp's client
+        if self.upgrade:
+            # Hop-by-hop, so dropped by upstream_headers; an upgrade needs them (nginx's
+            # WebSocket proxying sets the same two).
+            upgrade = msg.headers.get("Upgrade", "websocket")
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade.encode("latin-1"), b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _next_upstream(self) -> None:
+        route = self.route
+        assert route is not None
+        order = self.order
+        while self.next_i < len(order):
+            i = order[self.next_i]
+            self.next_i += 1
+            conn = UpstreamPools.checkout(route.idle[i])
+            if conn is not None:
+                self._attach(conn, reused=True)
+                return
+            self.connecting = self.L.spawn(self._connect(i))
+            return
+        if self.upgrade:
+            self._fail(502, "upstream refused the WebSocket")
+        else:
+            self._fail(502, f"no upstream of {self.env.name!r} accepted the connection")
+
+    async def _connect(self, i: int) -> None:
+        L = self.L
+        route = self.route
+        assert route is not None
+        try:
+            conn = await L.pools.connect(route, i, self.env.connect_s)
+        except TimeoutError:
+            self.connecting = None
+            if self.done:
+                return
+            # As the aiohttp engine: a connect timeout is 504, not a refusal.
+            L.pools.stats.error(self.env.name, "timeout")
+            self._fail(504, "upstream did not answer in time")
+            return
+        except OSError:
+            self.connecting = None
+            if self.done:
+                return
+            route.pool.mark_down(i, L.loop.time())
+            L.pools.stats.error(self.env.name, "connect")
+            self._next_upstream()
+            return
+        self.connecting = None
+        if self.done:
+            L.pools.checkin(conn)  # a fresh connection nobody waits for: keep it
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.user = self
+        conn.response_parser(self.method == "HEAD")
+        transport = conn.transport
+        assert transport is not None
+        client = self.client
+        if client.write_paused:
+            transport.pause_reading()
+        parts = [self.head]
+        if self.body_open:
+            self._body_parts(parts)
+        if len(parts) == 1:
+            transport.write(parts[0])
+        else:
+            transport.writelines(parts)
+        if client.paused & P_WAIT and not self.upgrade:
+            client._resume(P_WAIT)
+        self.activity = self.L.loop.time()
+        self.L.active.add(self)
+
+    def _body_parts(self, parts: list[bytes]) -> None:
+        """Move what the request parser holds of the body into ``parts``, framed."""
+        payload = self.payload
+        data = payload.read_nowait()
+        if data:
+            n = len(data)
+            self.body_seen += n
+            if self.chunked_up:
+                parts += (b"%x\r\n" % n, data, b"\r\n")
+            else:
+                parts.append(data)
+        if payload.is_eof():
+            if self.chunked_up:
+                parts.append(b"0\r\n\r\n")
+            self.body_open = False
+
+    def pump_body(self) -> None:
+        """Client bytes arrived while this request's body is open."""
+        conn = self.conn
+        if conn is None or conn.transport is None:
+            # Not connected yet: the parser holds what came; read no more meanwhile.
+            self.client._pause(P_WAIT)
+            return
+        parts: list[bytes] = []
+        try:
+            self._body_parts(parts)
+        except Exception:
+            self.body_broken("bad_request")
+            return
+        if self.cl is None and self.body_seen > self.env.max_body_bytes:
+            self._body_too_large()
+            return
+        if parts:
+            conn.transport.writelines(parts)
+            self.activity = self.L.loop.time()
+
+    def _body_too_large(self) -> None:
+        """A chunked body grew past the limit: 413 if nothing was answered yet."""
+        if self.resp is not None:
+            self._abort_client()
+            return
+        counters = self.L.runtime.counters.values
+        refusal = self.lp.refusals["body_too_large"]
+        counters[refusal.slot] += 1
+        counters[self.decision.slot] -= 1  # counted once: as refused, not as allowed
+        self._refuse_instead(refusal)
+
+    def body_broken(self, reason: str) -> None:
+        """The parser refused the rest of this request's body."""
+        if self.resp is not None:
+            self._abort_client()
+            return
+        counters = self.L.runtime.counters.values
+        refusal = self.lp.refusals[reason]
+        counters[refusal.slot] += 1
+        counters[self.decision.slot] -= 1
+        self._refuse_instead(refusal)
+
+    def _refuse_instead(self, refusal: Decision) -> None:
+        self._detach(reusable=False)
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self.status = refusal.status
+        self.mode = CLOSE
+        L = self.L
+        self.client.write(
+            L.refusal(refusal, self.snap).render(
+                self.rid, L.date.line, CLOSE, self.method == "HEAD"
+            )
+        )
+        self.decision = refusal
+        self._complete()
+
+    # -- response -------------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self.activity = self.L.loop.time()
+        if self.tunnel:
+            self.client.write(data)
+            return
+        conn = self.conn
+        assert conn is not None
+        try:
+            messages, _upgraded, tail = conn.parser.feed_data(data)
+        except Exception:
+            self._upstream_failed("protocol", "upstream sent an invalid response")
+            return
+        for rmsg, rpayload in messages:
+            code = rmsg.code
+            if code < 200 and code != 101:
+                continue  # interim (103 Early Hints...): swallowed, as aiohttp's client does
+            if self.resp is not None:
+                conn.unsolicited = True  # a second response to one request: never reuse
+                break
+            self._response_head(rmsg, rpayload)
+            if self.tunnel:
+                if tail:
+                    self.client.write(tail)
+                return
+            if self.done:
+                return
+        if self.resp_payload is not None:
+            self._pump_response()
+
+    def _response_head(self, rmsg: Any, rpayload: Any) -> None:
+        L = self.L
+        code: int = rmsg.code
+        if self.upgrade and code != 101:
+            # As the aiohttp engine (its ws_connect failed): the gateway's own 502 and an
+            # upstream "connect" error, not the upstream's answer; and no tunnel.
+            self._upstream_failed("connect", "upstream refused the WebSocket")
+            return
+        self.resp = rmsg
+        self.status = code
+        L.pools.stats.response(self.env.name, code, L.loop.time() - self.started)
+        if code == 101:
+            if not self.upgrade:
+                self._upstream_failed("protocol", "upstream sent an invalid response")
+                return
+            self._start_tunnel(rmsg)
+            return
+        if L.draining:
+            self.mode = CLOSE
+        no_body = self.method == "HEAD" or code in NO_BODY_STATUS
+        parts = [prebuilt.status_line(code, rmsg.reason)]
+        has_date = self._copy_headers(rmsg, parts)
+        cl = rmsg.headers.get("Content-Length")
+        if cl is not None and code not in NO_BODY_STATUS:
+            parts.append(b"Content-Length: %d\r\n" % int(cl))
+            self.out = OUT_NONE if no_body else OUT_LENGTH
+        elif no_body:
+            self.out = OUT_NONE
+        elif self.msg.version.minor >= 1:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            self.out = OUT_CHUNKED
+        else:
+            self.out = OUT_EOF  # an HTTP/1.0 client: the body ends when the connection does
+            self.mode = CLOSE
+        if not has_date:
+            parts.append(L.date.line)
+        parts.append(prebuilt.CONNECTION_LINE[self.mode])
+        parts.append(b"\r\n")
+        self.client.write(b"".join(parts))
+        self.resp_payload = rpayload
+
+    def _copy_headers(self, rmsg: Any, parts: list[bytes]) -> bool:
+        """The upstream's headers minus hop-by-hop ones (as proxy.Forwarder._relay), then
+        X-Request-ID and, when exposed, X-Gateway-Config in place of any the upstream
+        sent. Returns whether a Date header was among them."""
+        has_date = False
+        expose = self.snap.config.expose_config_version
+        for name, value in rmsg.raw_headers:
+            lname = name.lower()
+            if lname in DROP_RESPONSE_B or lname == b"x-request-id":
+                continue
+            if expose and lname == b"x-gateway-config":
+                continue
+            if lname == b"date":
+                has_date = True
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
+        if expose:
+            parts += (b"X-Gateway-Config: ", self.snap.short_sha.encode("ascii"), b"\r\n")
+        return has_date
+
+    def _pump_response(self) -> None:
+        payload = self.resp_payload
+        try:
+            data = payload.read_nowait()
+        except Exception:
+            self._upstream_failed("reset", "upstream sent a broken response")
+            return
+        if data:
+            out = self.out
+            client = self.client
+            if out == OUT_CHUNKED:
+                transport = client.transport
+                if transport is not None and not client.closing:
+                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            elif out != OUT_NONE:
+                client.write(data)
+        if payload.is_eof():
+            self._response_done()
+
+    def _response_done(self) -> None:
+        if self.out == OUT_CHUNKED:
+            self.client.write(b"0\r\n\r\n")
+        conn = self.conn
+        reusable = (
+            conn is not None
+            and not self.resp.should_close
+            and not self.body_open
+            and not conn.unsolicited
+            and not conn.closed
+        )
+        self._detach(reusable)
+        self._complete()
+
+    def _start_tunnel(self, rmsg: Any) -> None:
+        """101 Switching Protocols: from now on bytes pass both ways untouched."""
+        client = self.client
+        L = self.L
+        parts = [prebuilt.status_line(101, rmsg.reason)]
+        has_date = False
+        for name, value in rmsg.raw_headers:
+            lname = name.lower()
+            # Connection and Upgrade are what a 101 is about; the rest of the hop-by-hop
+            # set goes, as for any response.
+            if lname in DROP_RESPONSE_B and lname not in (b"connection", b"upgrade"):
+                continue
+            if lname == b"x-request-id":
+                continue
+            if lname == b"date":
+                has_date = True
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
+        if not has_date:
+            parts.append(L.date.line)
+        parts.append(b"\r\n")
+        client.write(b"".join(parts))
+        self.tunnel = True
+        self.body_open = False
+        client.current = None
+        client.tunnel = self
+        tail = client.upgrade_tail or b""
+        client.upgrade_tail = None
+        conn = self.conn
+        assert conn is not None and conn.transport is not None
+        if tail:
+            conn.transport.write(tail)
+        client._resume(P_WAIT)
+        self.activity = L.loop.time()
+        L.active.add(self)
+
+    def client_data(self, data: bytes) -> None:
+        """Tunnel: bytes from the client."""
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            self.activity = self.L.loop.time()
+            conn.transport.write(data)
+
+    # -- failures, timeouts -----------------------------------------------------------------
+
+    def upstream_lost(self) -> None:
+        conn = self.conn
+        if self.tunnel:
+            self._detach(reusable=False)
+            self.client._close()  # after what the upstream sent has been written
+            self._complete(finish=False)
+            return
+        if self.resp is None:
+            if (
+                self.reused
+                and not self.retried
+                and self.method in IDEMPOTENT
+                and self.payload is EMPTY_PAYLOAD
+            ):
+                # A keep-alive connection the upstream had closed while idle: retried once
+                # on a new connection (RFC 9112 §9.3.1; aiohttp's client does the same).
+                self.retried = True
+                self._detach(reusable=False)
+                i = self.order[self.next_i - 1]
+                self.connecting = self.L.spawn(self._connect(i))
+                return
+            self._upstream_failed("reset", "upstream closed the connection")
+            return
+        payload = self.resp_payload
+        if payload is not None and conn is not None and not payload.is_eof():
+            # A body delimited by the end of the connection ends here; a framed one that
+            # did not end is a truncated response.
+            try:
+                conn.parser.feed_eof()
+            except Exception:
+                self._upstream_failed("reset", "upstream sent a broken response")
+                return
+            self._pump_response()
+            if not self.done:
+                self._upstream_failed("reset", "upstream sent a broken response")
+
+    def _upstream_failed(self, kind: str, text: str) -> None:
+        if self.done:
+            return
+        self.L.pools.stats.error(self.env.name, kind)
+        if self.resp is None:
+            self._fail(502, text)
+        else:
+            # Headers are gone already; the only honest signal left is to cut the
+            # connection so the client sees a truncated body, not a complete one.
+            self._abort_client()
+
+    def _fail(self, status: int, text: str) -> None:
+        """The gateway's own answer instead of the upstream's (502, 504)."""
+        self._detach(reusable=False)
+        self.status = status
+        if self.upgrade or self.L.draining:
+            self.mode = CLOSE
+        self.client.write(
+            prebuilt.plain(
+                status, f"{status} {text}\n", self.L.date.line, self.mode, self.method == "HEAD"
+            )
+        )
+        self._complete()
+
+    def check_timeout(self, now: float) -> None:
+        """From the engine's sweep: no upstream progress for read_s is a 504 (or a cut
+        response), no traffic on a tunnel for websocket_idle_s closes it. While the
+        client's write buffer is full the client is the slow side, not the upstream."""
+        if self.done:
+            return
+        limit = self.snap.config.timeouts.websocket_idle_s if self.tunnel else self.env.read_s
+        if now - self.activity < limit:
+            return
+        if self.client.write_paused and not self.tunnel:
+            return
+        if self.tunnel:
+            self._detach(reusable=False)
+            self.client._close()
+            self._complete(finish=False)
+            return
+        self.L.pools.stats.error(self.env.name, "timeout")
+        if self.resp is None:
+            self._fail(504, "upstream did not answer in time")
+        else:
+            self._abort_client()
+
+    def _abort_client(self) -> None:
+        self._detach(reusable=False)
+        client = self.client
+        self._complete(finish=False)
+        client._abort()
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def upstream_pause_writing(self) -> None:
+        self.client._pause(P_UPSTREAM)
+
+    def upstream_resume_writing(self) -> None:
+        self.client._resume(P_UPSTREAM)
+
+    def client_pause_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None and not conn.closed:
+            self.activity = self.L.loop.time()
+            conn.transport.resume_reading()
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _detach(self, reusable: bool) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        conn.user = None
+        if conn.write_paused:
+            self.client._resume(P_UPSTREAM)
+        if reusable:
+            if self.client.write_paused and conn.transport is not None:
+                conn.transport.resume_reading()
+            self.L.pools.checkin(conn)
+        elif self.tunnel:
+            conn.close()  # after what the client sent has been written
+        else:
+            conn.abort()
+
+    def client_lost(self) -> None:
+        if self.done:
+            return
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self._detach(reusable=False)
+        self._complete(finish=False)
+
+    def _complete(self, finish: bool = True) -> None:
+        if self.done:
+            return
+        self.done = True
+        L = self.L
+        L.active.discard(self)
+        L.runtime.in_flight[L.name] -= 1
+        client = self.client
+        if L.access_log is not None:
+            L.access(
+                self.decision, self.status, self.rid, self.snap.short_sha,
+                client.client_addr or client.peer_ip, self.method, self.env.name,
+                L.loop.time() - self.started,
+            )  # fmt: skip
+        if client.current is self:
+            client.current = None
+        if client.tunnel is self:
+            client.tunnel = None
+        if finish:
+            client.finish(self.msg, self.payload, self.mode != CLOSE)

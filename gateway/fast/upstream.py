@@ -1,0 +1,315 @@
+"""Keep-alive upstream connections: the protocol that carries one request at a time, and
+the per-worker pool that keeps idle ones for reuse.
+
+What nginx's ``upstream { keepalive N; }`` does: a connection that finished a response
+cleanly (complete body, no ``Connection: close``, the whole request sent) goes back to a
+bounded idle list of its upstream; the next request to that upstream takes the most
+recently used one (LIFO keeps the hot ones hot and lets the cold ones age out, closed by
+a reaper after ``IDLE_TIMEOUT_S``, aiohttp's ``TCPConnector`` keepalive_timeout). Bytes
+arriving on an idle connection, or any doubt about where a response ends, close it: a
+connection is never reused with a response left over on it (response-queue poisoning).
+
+Round robin over an environment's upstreams and skipping refusing ones for a while is
+``gateway.proxy.UpstreamPool``, shared with the aiohttp engine, as are the upstream
+metrics (``UpstreamStats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from aiohttp.http_parser import HttpResponseParser
+
+from gateway.config import Upstream
+from gateway.counters import Counters
+from gateway.policy import EnvPolicy
+from gateway.proxy import UpstreamPool, UpstreamStats
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+# Idle connections kept per upstream. nginx's bench config keeps 64; a gateway worker
+# may front several busy environments, so a little more, still bounded.
+MAX_IDLE = 256
+# How long an idle upstream connection is kept (aiohttp TCPConnector keepalive_timeout).
+IDLE_TIMEOUT_S = 30.0
+REAP_EVERY_S = 5.0
+# aiohttp's default read buffer for client responses; only the StreamReader high-water
+# mark, which never matters here because payloads are drained after every feed.
+READ_LIMIT = 2**16
+
+
+class ParserSink:
+    """What aiohttp's parsers need from a protocol. Their payload ``StreamReader`` calls
+    ``pause_reading``/``resume_reading`` when its buffer crosses a mark; the engine drains
+    every payload right after each ``feed_data``, so those calls carry nothing, and flow
+    control is done on the transports themselves (as uvicorn's ``FlowControl`` does)."""
+
+    __slots__ = ()
+    connected = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+SINK: Any = ParserSink()
+
+
+class UpstreamUser(Protocol):
+    """The request being served on an upstream connection (``protocol.Forward``)."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_lost(self) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_head_parser",
+        "closed",
+        "idle",
+        "idle_since",
+        "loop",
+        "parser",
+        "pools",
+        "transport",
+        "unsolicited",
+        "upstream",
+        "user",
+        "write_paused",
+    )
+
+    def __init__(
+        self, pools: UpstreamPools, upstream: Upstream, idle: list[UpstreamConnection]
+    ) -> None:
+        self.pools = pools
+        self.upstream = upstream
+        self.idle = idle  # the idle list of its upstream, where it goes back when done
+        self.loop = pools.loop
+        self.transport: asyncio.Transport | None = None
+        self.user: UpstreamUser | None = None
+        self.parser: Any = None
+        self._head_parser = False
+        self.closed = False
+        self.unsolicited = False
+        self.write_paused = False
+        self.idle_since = 0.0
+
+    def response_parser(self, head: bool) -> Any:
+        """A response parser in the state for the next request. One parser serves every
+        response of the connection (llhttp is built for that); a HEAD response has no body
+        whatever its headers say, which aiohttp's parsers are told when they are built
+        (``response_with_body``), so switching to or from HEAD builds a new one."""
+        if self.parser is None or head != self._head_parser:
+            self._head_parser = head
+            self.parser = HttpResponseParser(
+                SINK,
+                self.loop,
+                READ_LIMIT,
+                response_with_body=not head,
+                read_until_eof=True,  # no length, not chunked: the body ends at close
+                auto_decompress=False,  # bytes pass through as the upstream encoded them
+            )
+        return self.parser
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        user = self.user
+        if user is None:
+            # Bytes nobody asked for: whatever they are, they must never be read as the
+            # response to the next request sent on this connection.
+            self.unsolicited = True
+            self.abort()
+            return
+        user.upstream_data(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        user = self.user
+        if user is not None:
+            user.upstream_lost()
+        else:
+            self.pools.forget(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.user is not None:
+            self.user.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.user is not None:
+            self.user.upstream_resume_writing()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close after what is buffered has been written."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Route:
+    """An environment's way to its upstreams, cached per EnvPolicy object so a request
+    does no hashing of Upstream dataclasses: the round-robin state and, per upstream (in
+    the same order), its list of idle connections."""
+
+    __slots__ = ("env", "idle", "pool", "single")
+
+    def __init__(
+        self, env: EnvPolicy, pool: UpstreamPool, idle: list[list[UpstreamConnection]]
+    ) -> None:
+        self.env = env
+        self.pool = pool
+        self.idle = idle
+        self.single = len(idle) == 1
+
+
+# UpstreamPool.order() for one upstream, whatever its down state ("all marked down: try
+# them anyway"); shared, never mutated.
+ONLY_FIRST = (0,)
+
+
+class UpstreamPools:
+    """One per worker: round robin per set of upstreams, idle connections per upstream,
+    and the upstream metrics (``.stats``, read by ``gateway.app.local_stats``)."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.stats = UpstreamStats(counters)
+        self._rr: dict[tuple[Upstream, ...], UpstreamPool] = {}
+        self._idle: dict[Upstream, list[UpstreamConnection]] = {}
+        self._routes: dict[int, Route] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reaper: asyncio.TimerHandle | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self.closing = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "UpstreamPools.start() first"
+        return self._loop
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reaper = loop.call_later(REAP_EVERY_S, self._reap)
+
+    def pool(self, env: EnvPolicy) -> UpstreamPool:
+        pool = self._rr.get(env.upstreams)
+        if pool is None:
+            # Keyed by the upstream tuple, like proxy.Forwarder.pool: a reload that keeps
+            # an environment's upstreams keeps its round-robin and down state.
+            pool = self._rr[env.upstreams] = UpstreamPool(env.upstreams)
+        return pool
+
+    def route(self, env: EnvPolicy) -> Route:
+        route = self._routes.get(id(env))
+        if route is None or route.env is not env:
+            if len(self._routes) >= 1024:
+                self._routes.clear()  # old snapshots' environments: rebuilt on use
+            idle = [self._idle.setdefault(up, []) for up in env.upstreams]
+            route = self._routes[id(env)] = Route(env, self.pool(env), idle)
+        return route
+
+    # -- idle connections -------------------------------------------------------------------
+
+    @staticmethod
+    def checkout(idle: list[UpstreamConnection]) -> UpstreamConnection | None:
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing():
+                return conn
+        return None
+
+    def checkin(self, conn: UpstreamConnection) -> None:
+        idle = conn.idle
+        transport = conn.transport
+        if (
+            self.closing
+            or conn.closed
+            or transport is None
+            or transport.is_closing()
+            or len(idle) >= MAX_IDLE
+        ):
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+
+    @staticmethod
+    def forget(conn: UpstreamConnection) -> None:
+        """An idle connection was closed (by the upstream, or by us)."""
+        if conn in conn.idle:
+            conn.idle.remove(conn)
+
+    def _reap(self) -> None:
+        now = self.loop.time()
+        for idle in self._idle.values():
+            # LIFO: the oldest are at the front.
+            while idle and now - idle[0].idle_since > IDLE_TIMEOUT_S:
+                idle.pop(0).close()
+        if not self.closing:
+            self._reaper = self.loop.call_later(REAP_EVERY_S, self._reap)
+
+    # -- new connections --------------------------------------------------------------------
+
+    def connect(
+        self, route: Route, i: int, timeout: float
+    ) -> Coroutine[Any, Any, UpstreamConnection]:
+        return self._connect(route.env.upstreams[i], route.idle[i], timeout)
+
+    async def _connect(
+        self, upstream: Upstream, idle: list[UpstreamConnection], timeout: float
+    ) -> UpstreamConnection:
+        loop = self.loop
+        conn = UpstreamConnection(self, upstream, idle)
+        ctx: ssl.SSLContext | None = None
+        if upstream.scheme == "https":
+            if self._ssl is None:
+                # Verified like aiohttp's ClientSession does by default.
+                self._ssl = ssl.create_default_context()
+            ctx = self._ssl
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(
+                lambda: conn,
+                upstream.host,
+                upstream.port,
+                ssl=ctx,
+                server_hostname=upstream.host if ctx is not None else None,
+            )
+        return conn
+
+    def close(self) -> None:
+        self.closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for idle in self._idle.values():
+            for conn in idle:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            idle.clear()
