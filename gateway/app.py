@@ -145,6 +145,8 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     engine, tls, access_log = _engine(runtime, opts)
     binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
     reloader = Reloader(runtime, opts.config_path)
+    # Handlers first: a SIGHUP or SIGTERM during start-up must not kill the process.
+    stop = _stop_event(reloader.trigger, access_log)
     try:
         await engine.start(binds, tls.contexts)
     except OSError as exc:
@@ -162,7 +164,7 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     _log_serving(runtime, engine.name)
     reloader.start(watch=opts.watch)
     suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
-    await _stop_event(reloader.trigger, access_log).wait()
+    await stop.wait()
     suppressed.cancel()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
@@ -208,6 +210,7 @@ async def serve_supervisor(opts: RunOptions, loaded: LoadedConfig, workers: int)
     reloader = Reloader(runtime, opts.config_path)
     sup = Supervisor(runtime, reloader, sockets, worker_args(opts), workers)
     cluster = ClusterReloader(sup)
+    stop = _stop_event(cluster.trigger, None)  # before anything starts (see serve)
 
     async def workers_view(request: web.Request) -> web.Response:
         await sup.refresh()
@@ -242,7 +245,7 @@ async def serve_supervisor(opts: RunOptions, loaded: LoadedConfig, workers: int)
     # The supervisor watches too, so the admin API's view follows the file; workers watch
     # the file themselves, and SIGHUP reaches them through the supervisor.
     reloader.start(watch=opts.watch)
-    await _stop_event(cluster.trigger, None).wait()
+    await stop.wait()
     log.info(
         "draining %d workers: readiness failing, listeners close in %.1fs",
         workers,
@@ -270,6 +273,7 @@ async def serve_worker(
     sockets = {name: socket_mod.socket(fileno=fd) for name, fd in fds.items()}
     binds = {lst.name: parse_bind(lst.bind) for lst in listeners_of(loaded.config, opts.listen)}
     reloader = Reloader(runtime, opts.config_path)
+    stop = _stop_event(reloader.trigger, access_log)  # before anything starts (see serve)
     await engine.start(binds, tls.contexts, sockets)
 
     async def status(request: web.Request) -> web.Response:
@@ -302,7 +306,7 @@ async def serve_worker(
     await web.UnixSite(runner, control).start()
     reloader.start(watch=opts.watch)
     suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
-    await _stop_event(reloader.trigger, access_log).wait()
+    await stop.wait()
     suppressed.cancel()
     runtime.draining = True
     await engine.close_listeners()

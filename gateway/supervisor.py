@@ -126,7 +126,11 @@ class Supervisor:
         ]  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             os.unlink(w.control)
-        w.proc = subprocess.Popen(args, pass_fds=[s.fileno() for s in self.sockets.values()])
+        w.proc = subprocess.Popen(
+            args,
+            pass_fds=[s.fileno() for s in self.sockets.values()],
+            preexec_fn=_die_with_parent,
+        )
         w.started = time.monotonic()
         w.ready = False
         log.info("worker %d started pid=%d", w.index, w.proc.pid)
@@ -307,6 +311,18 @@ class Supervisor:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """A worker whose supervisor was killed (SIGKILL, OOM) must not serve on alone: Linux's
+    PR_SET_PDEATHSIG sends it SIGTERM, which drains it like any stop."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still works
+        pass
 
 
 def _counters_only(stats: WorkerStats) -> WorkerStats:

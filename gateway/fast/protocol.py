@@ -38,10 +38,11 @@ from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
 from gateway.fast import prebuilt
 from gateway.fast.chunked import ChunkedFraming
+from gateway.fast.headers import request_head
 from gateway.fast.prebuilt import CLOSE, KEEP_10, KEEP_11, DateLine, Refusal, RequestIds
 from gateway.fast.upstream import ONLY_FIRST, SINK, Route, UpstreamConnection, UpstreamPools
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
-from gateway.proxy import DROP_RESPONSE, client_address, upstream_headers
+from gateway.proxy import DROP_RESPONSE, client_address
 from gateway.runtime import Runtime
 from gateway.server import DISCARD_LIMIT, SNI_ATTR, _origin_form, host_part
 
@@ -728,6 +729,17 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None and not self.closing:
             transport.write(data)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if len(parts) == 1:
+            transport.write(parts[0])
+        elif sum(map(len, parts)) < 65536:
+            transport.write(b"".join(parts))  # small: one copy, one send
+        else:
+            transport.writelines(parts)  # large: no copy of the body
+
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
@@ -775,6 +787,7 @@ class Forward:
         "env",
         "forward_host",
         "head",
+        "held",
         "lp",
         "method",
         "mode",
@@ -833,6 +846,7 @@ class Forward:
         self.retried = False
         self.resp: Any = None
         self.resp_payload: Any = None
+        self.held: list[bytes] | None = None
         self.status = 0
         self.out = OUT_NONE
         self.mode = client.mode_for(msg)
@@ -865,44 +879,42 @@ class Forward:
     def _request_head(self) -> bytes:
         msg = self.msg
         client = self.client
-        _client, xff = client_address(
-            client.client_addr or client.peer_ip,
-            msg.headers.get("X-Forwarded-For"),
-            self.snap.loaded.trusted_proxies,
+        peer = client.client_addr or client.peer_ip
+        trusted = self.snap.loaded.trusted_proxies
+        # client_address() returns the peer for both unless a trusted proxy sent XFF:
+        # skip the header lookup when no proxy is trusted.
+        xff = (
+            client_address(peer, msg.headers.get("X-Forwarded-For"), trusted)[1]
+            if trusted
+            else peer
         )
-        headers = upstream_headers(
-            msg.raw_headers,
-            self.forward_host,
-            xff,
-            "https" if self.lp.tls else "http",
-            self.rid.decode("ascii"),
-        )
-        target = origin_form(msg.path).encode("utf-8", "surrogateescape")
-        # Host first, then the rest in order: the layout aiohttp's client writes.
-        parts = [
-            self.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ",
-            self.forward_host.encode("ascii"), b"\r\n",
-        ]  # fmt: skip
-        for name, value in headers.items():
-            if name != "Host":
-                # Names and values were decoded as latin-1 from the raw bytes: encoding
-                # them back the same way forwards exactly the bytes the client sent.
-                parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
         if self.body_open:
             if self.cl is not None:
-                parts.append(b"Content-Length: %d\r\n" % self.cl)
+                framing = b"Content-Length: %d\r\n" % self.cl
             else:
                 self.chunked_up = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                framing = b"Transfer-Encoding: chunked\r\n"
         elif self.method not in GET_METHODS:
-            parts.append(b"Content-Length: 0\r\n")  # as aiohttp's client
+            framing = b"Content-Length: 0\r\n"  # as aiohttp's client
+        else:
+            framing = b""
         if self.upgrade:
-            # Hop-by-hop, so dropped by upstream_headers; an upgrade needs them (nginx's
-            # WebSocket proxying sets the same two).
+            # Hop-by-hop, so dropped like any; an upgrade needs them (nginx's WebSocket
+            # proxying sets the same two).
             upgrade = msg.headers.get("Upgrade", "websocket")
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade.encode("latin-1"), b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            framing += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade.encode(
+                "utf-8", "surrogateescape"
+            )
+        return request_head(
+            self.method.encode("ascii"),
+            origin_form(msg.path).encode("utf-8", "surrogateescape"),
+            msg.raw_headers,
+            self.forward_host.encode("ascii"),
+            xff.encode("ascii", "replace"),
+            b"https" if self.lp.tls else b"http",
+            self.rid,
+            framing,
+        )
 
     def _next_upstream(self) -> None:
         route = self.route
@@ -1115,7 +1127,10 @@ class Forward:
             parts.append(L.date.line)
         parts.append(prebuilt.CONNECTION_LINE[self.mode])
         parts.append(b"\r\n")
-        self.client.write(b"".join(parts))
+        # Not written yet: _pump_response sends it with the body bytes of the same read,
+        # one write (a small response in two segments costs a syscall, and the client a
+        # second read).
+        self.held = parts
         self.resp_payload = rpayload
 
     def _copy_headers(self, rmsg: Any, parts: list[bytes]) -> bool:
@@ -1140,26 +1155,34 @@ class Forward:
 
     def _pump_response(self) -> None:
         payload = self.resp_payload
+        parts = self.held
+        self.held = None
         try:
             data = payload.read_nowait()
         except Exception:
+            if parts is not None:
+                self.client.write(b"".join(parts))
             self._upstream_failed("reset", "upstream sent a broken response")
             return
+        out = self.out
+        eof = payload.is_eof()
+        if parts is None:
+            if not data and not eof:
+                return
+            parts = []
         if data:
-            out = self.out
-            client = self.client
             if out == OUT_CHUNKED:
-                transport = client.transport
-                if transport is not None and not client.closing:
-                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                parts += (b"%x\r\n" % len(data), data, b"\r\n")
             elif out != OUT_NONE:
-                client.write(data)
-        if payload.is_eof():
+                parts.append(data)
+        if eof and out == OUT_CHUNKED:
+            parts.append(b"0\r\n\r\n")
+        if parts:
+            self.client.write_parts(parts)
+        if eof:
             self._response_done()
 
     def _response_done(self) -> None:
-        if self.out == OUT_CHUNKED:
-            self.client.write(b"0\r\n\r\n")
         conn = self.conn
         reusable = (
             conn is not None

@@ -1,0 +1,64 @@
+"""The request head sent upstream, built from the raw header bytes.
+
+The rules are ``proxy.upstream_headers``'s, the aiohttp engine's, applied to bytes instead
+of a ``CIMultiDict`` of ``str``: the same names dropped (``DROP_REQUEST``, any name with
+``_``, the names listed in ``Connection``), the same four set by the gateway, in the same
+order. Building a multidict and encoding every name and value back to bytes was the
+largest single cost of a forwarded request in the profile (bench/RESULTS.md);
+``tests/test_fast_engine.py`` checks with Hypothesis that both produce the same fields.
+
+Header names reaching here are tokens (both of aiohttp's parsers refuse anything else),
+so ``bytes.lower()`` is ``str.lower()`` on them; the values of ``Connection`` are decoded
+as latin-1 exactly as ``upstream_headers`` does, because ``str.strip()`` strips more than
+``bytes.strip()`` (NBSP, NEL, \\x1c-\\x1f).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.proxy import DROP_REQUEST
+
+DROP_REQUEST_B = frozenset(name.encode("ascii") for name in DROP_REQUEST)
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    raw_headers: Sequence[tuple[bytes, bytes]],
+    forward_host: bytes,
+    xff: bytes,
+    proto: bytes,
+    request_id: bytes,
+    framing: bytes,
+) -> bytes:
+    """``METHOD target HTTP/1.1``, ``Host`` first (where aiohttp's client writes it), the
+    client's remaining fields in order, X-Forwarded-For/-Proto/-Host and X-Request-ID,
+    then ``framing`` (Content-Length, Transfer-Encoding, Upgrade lines) and the blank
+    line."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", forward_host, b"\r\n"]
+    listed: set[str] | None = None
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname == b"connection":
+            tokens = {t.strip().lower() for t in value.decode("latin-1").split(",")}
+            listed = tokens if listed is None else listed | tokens
+            continue
+        if lname in DROP_REQUEST_B or b"_" in lname:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    if listed:
+        # Rare (a Connection header naming fields): filter the kept fields again.
+        kept = parts[6:]
+        parts = parts[:6]
+        for i in range(0, len(kept), 4):
+            if kept[i].lower().decode("latin-1") not in listed:
+                parts += kept[i : i + 4]
+    parts += (
+        b"X-Forwarded-For: ", xff,
+        b"\r\nX-Forwarded-Proto: ", proto,
+        b"\r\nX-Forwarded-Host: ", forward_host,
+        b"\r\nX-Request-ID: ", request_id,
+        b"\r\n", framing, b"\r\n",
+    )  # fmt: skip
+    return b"".join(parts)
