@@ -120,21 +120,16 @@ class ListenerEngine:
                 )
             status = resp.status
             return resp
-        except ClientBodyError:
-            refusal = lp.refusals["bad_request"]
+        except (ClientBodyError, BodyTooLarge) as exc:
+            # Refused after the decision, for its body: counted once, as refused.
+            broken = isinstance(exc, ClientBodyError)
+            refusal = lp.refusals["bad_request" if broken else "body_too_large"]
             counters[refusal.slot] += 1
-            counters[decision.slot] -= 1  # counted once: as refused, not as allowed
+            counters[decision.slot] -= 1
             resp = self._refuse(request, refusal, request_id, snap.short_sha)
-            resp.force_close()
-            if isinstance(request.protocol, _Handler):
+            if broken and isinstance(request.protocol, _Handler):
+                resp.force_close()
                 request.protocol.close_after_response()
-            status = resp.status
-            return resp
-        except BodyTooLarge:
-            refusal = lp.refusals["body_too_large"]
-            counters[refusal.slot] += 1
-            counters[decision.slot] -= 1  # counted once: as refused, not as allowed
-            resp = self._refuse(request, refusal, request_id, snap.short_sha)
             status = resp.status
             return resp
         finally:
