@@ -15,6 +15,7 @@ CURL = """
     curl -i -H 'Host: evil.example' http://127.0.0.1:8080/hello      # blocked: 503
     curl -i -H 'Host: a.shop.acme.test' http://127.0.0.1:8080/       # allowed: wildcard
     curl -s http://127.0.0.1:9180/metrics | grep gateway_requests
+    open http://127.0.0.1:9180/ui/ (the console; "Continue read-only" without a token)
     .venv/bin/gateway explain --config {config} evil.example
   Ctrl-C stops both.
 """
