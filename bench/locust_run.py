@@ -14,7 +14,8 @@ IPv4, IPv6, hostname-only) and ``large`` (100,000 entries over 5 environments, a
 10 s, 8 users, a change every 1-2 s by each operator.
 
 Writes Locust's CSV (``<out>/locust-<scenario>_stats.csv`` ...), each scenario's check
-report (``<out>/locust-<scenario>-checks.json``) and ``<out>/locust-latest.json``; prints a
+report (``<out>/locust-<scenario>-checks.json``), the gateway's log
+(``<out>/locust-<scenario>-gateway.log``) and ``<out>/locust-latest.json``; prints a
 summary. Exit 1 when any response was a wrong decision or a wrong forward, or nothing ran.
 """
 
@@ -234,6 +235,10 @@ def run_scenario(name: str, opts: Options, pinning: Pinning) -> dict[str, Any]:
         for proc in reversed(procs):
             proc.stop()
         result["pids"] = [p.pid for p in procs if p.pid]
+        # Kept with the results: reload timings and admin writes explain slow moments.
+        for proc in procs:
+            if proc.name == "gateway" and proc.log_path.exists():
+                shutil.copyfile(proc.log_path, opts.out / f"locust-{name}-gateway.log")
         if opts.keep_logs:
             say(f"[{name}] logs and config kept in {run_dir}")
         else:
@@ -288,7 +293,9 @@ def summary_line(result: dict[str, Any]) -> str:
     reloads = result.get("gateway_reloads", {})
     return (
         f"{result['scenario']}: {total['requests']:,} requests, {total['failures']:,} failures, "
-        f"{total['rps']:,.0f} req/s | checked {c.get('checks', 0):,}: "
+        f"{total['rps']:,.0f} req/s, median {total.get('median_ms', '?')} ms, p99 "
+        f"{total.get('p99_ms', '?')} ms, max {total.get('max_ms', '?')} ms | "
+        f"checked {c.get('checks', 0):,}: "
         f"wrong decisions {c.get('wrong_decisions', '?')}, wrong forwards "
         f"{c.get('wrong_forwards', '?')}, upstream errors {c.get('upstream_errors', '?')}, "
         f"judged late {c.get('deferred', 0)}, unverified {c.get('unverified', 0)} | "

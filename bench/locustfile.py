@@ -439,6 +439,7 @@ def _on_quitting(environment: Environment, **_kw: Any) -> None:
         "rps": round(total.total_rps, 1),
         "median_ms": total.median_response_time,
         "p99_ms": total.get_response_time_percentile(0.99),
+        "max_ms": round(total.max_response_time or 0, 1),
         "by_name": {
             f"{method} {name}": {"requests": e.num_requests, "failures": e.num_failures}
             for (name, method), e in sorted(environment.stats.entries.items())
