@@ -514,6 +514,17 @@ def _split(
     return frozenset(exact), frozenset(ported), frozenset(wild)
 
 
+def _reused(env: Environment, loaded: LoadedConfig, previous: Snapshot | None) -> EnvPolicy | None:
+    if previous is None or env.name not in previous.envs:
+        return None
+    old_cfg, new_cfg = previous.config, loaded.config
+    inherited = ("blocked_response", "limits", "timeouts")
+    if any(getattr(old_cfg, k) != getattr(new_cfg, k) for k in inherited):
+        return None
+    old_env = next(e for e in old_cfg.environments if e.name == env.name)
+    return previous.envs[env.name] if old_env == env else None
+
+
 def _env_policy(env: Environment, loaded: LoadedConfig) -> EnvPolicy:
     cfg = loaded.config
     br = env.blocked_response or cfg.blocked_response
@@ -551,10 +562,19 @@ def _env_policy(env: Environment, loaded: LoadedConfig) -> EnvPolicy:
 
 
 def compile_config(
-    loaded: LoadedConfig, counters: Counters, listen: str = "0.0.0.0:8080"
+    loaded: LoadedConfig,
+    counters: Counters,
+    listen: str = "0.0.0.0:8080",
+    previous: Snapshot | None = None,
 ) -> Snapshot:
-    """Build a Snapshot. Pure apart from allocating counter slots (which only grow)."""
-    envs = {env.name: _env_policy(env, loaded) for env in loaded.config.environments}
+    """Build a Snapshot. Pure apart from allocating counter slots (which only grow).
+
+    With ``previous`` (the snapshot in force), an environment whose section and the
+    top-level defaults it inherits are unchanged keeps its compiled sets."""
+    envs = {
+        env.name: _reused(env, loaded, previous) or _env_policy(env, loaded)
+        for env in loaded.config.environments
+    }
     listeners: dict[str, ListenerPolicy] = {}
     binds: dict[str, str] = {}
     for lst in listeners_of(loaded.config, listen):

@@ -63,10 +63,8 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> list[str]:
         if b is None:
             lines.append(f"environment {name}: removed")
             continue
-        ea = old.loaded.entries[name]
-        eb = new.loaded.entries[name]
-        ta, tb = {e.text for e in ea}, {e.text for e in eb}
-        added, removed = sorted(tb - ta), sorted(ta - tb)
+        ta, tb = old.loaded.entry_texts[name], new.loaded.entry_texts[name]
+        added, removed = (sorted(tb - ta), sorted(ta - tb)) if ta is not tb else ([], [])
         if added:
             lines.append(f"environment {name}: added {_short(added)}")
         if removed:
@@ -239,7 +237,7 @@ class Reloader:
             )
         # Counter slots are allocated from the live Counters: compile only appends slots,
         # and appends from this thread never move the slots the loop is incrementing.
-        snap = compile_config(loaded, self.runtime.counters, self.runtime.listen)
+        snap = compile_config(loaded, self.runtime.counters, self.runtime.listen, previous=old)
         return snap, diff_snapshots(old, snap)
 
     def _read_settled(self, path: str) -> bytes:

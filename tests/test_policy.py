@@ -104,3 +104,26 @@ def test_recent_spellings_cache_is_bounded_and_agrees() -> None:
     for value in ("WWW.acme.com", "www.acme.com:8080", "evil.example", "a..b"):
         first = lp.decide([value])
         assert lp.decide([value]) == first == lp._decide_value(value)
+
+
+def test_reload_reuses_unchanged_environments_and_validates_changed_ones() -> None:
+    from gateway.config import ConfigError
+
+    cfg = config_for("shared")
+    counters = Counters()
+    old = compile_config(load_bytes(json.dumps(cfg).encode()), counters)
+    cfg["environments"][1]["secure_endpoints"].append("more.acme.com")
+    loaded = load_bytes(json.dumps(cfg).encode(), previous=old.loaded)
+    new = compile_config(loaded, counters, previous=old)
+    assert new.envs["prod"] is old.envs["prod"]  # untouched: compiled sets kept
+    assert new.envs["stage"] is not old.envs["stage"]
+    assert new.listeners["public"].decide(["more.acme.com"])[0].environment == "stage"
+    cfg["environments"][1]["secure_endpoints"].append("*")
+    with pytest.raises(ConfigError):
+        load_bytes(json.dumps(cfg).encode(), previous=old.loaded)
+    cfg["environments"][1]["secure_endpoints"].pop()
+    cfg["blocked_response"] = {"status": 421}  # an inherited default changes every env
+    newer = compile_config(
+        load_bytes(json.dumps(cfg).encode(), previous=new.loaded), counters, previous=new
+    )
+    assert newer.envs["prod"] is not new.envs["prod"] and newer.envs["prod"].blocked.status == 421
