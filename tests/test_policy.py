@@ -114,14 +114,22 @@ def test_reload_reuses_unchanged_environments_and_validates_changed_ones() -> No
     old = compile_config(load_bytes(json.dumps(cfg).encode()), counters)
     cfg["environments"][1]["secure_endpoints"].append("more.acme.com")
     loaded = load_bytes(json.dumps(cfg).encode(), previous=old.loaded)
+    assert loaded.entries == load_bytes(json.dumps(cfg).encode()).entries  # same as from scratch
     new = compile_config(loaded, counters, previous=old)
     assert new.envs["prod"] is old.envs["prod"]  # untouched: compiled sets kept
     assert new.envs["stage"] is not old.envs["stage"]
     assert new.listeners["public"].decide(["more.acme.com"])[0].environment == "stage"
-    cfg["environments"][1]["secure_endpoints"].append("*")
-    with pytest.raises(ConfigError):
-        load_bytes(json.dumps(cfg).encode(), previous=old.loaded)
-    cfg["environments"][1]["secure_endpoints"].pop()
+    for bad in ("*", "WWW.acme.com", "shop.acme.com"):  # an error, a note, a duplicate
+        cfg["environments"][1]["secure_endpoints"].append(bad)
+        raw = json.dumps(cfg).encode()
+        if bad == "*":
+            with pytest.raises(ConfigError):
+                load_bytes(raw, previous=old.loaded)
+        else:
+            scratch = load_bytes(raw)
+            assert load_bytes(raw, previous=old.loaded).entries == scratch.entries
+            assert scratch.notes
+        cfg["environments"][1]["secure_endpoints"].pop()
     cfg["blocked_response"] = {"status": 421}  # an inherited default changes every env
     newer = compile_config(
         load_bytes(json.dumps(cfg).encode(), previous=new.loaded), counters, previous=new
