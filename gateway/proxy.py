@@ -235,7 +235,7 @@ class Forwarder:
                 return _error(504, "upstream did not answer in time")
             except BodyTooLarge:
                 raise
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 if client_body_failed(request):
                     raise ClientBodyError() from exc
                 return self._upstream_error(env, exc)
