@@ -422,10 +422,10 @@ class ListenerPolicy:
             return decision, forward
         if method == "CONNECT":
             return self.refusals["method_not_allowed"], ""
-        if target == "*" or "#" in target:
+        if target == "*" or "#" in target or not target.isascii():
             # "OPTIONS *" asks the server, not a resource: no upstream is the gateway.
-            # A fragment is never part of a request-target (RFC 9112 §3.2); a parser that
-            # let one through would forward text after it as the path.
+            # A fragment is never part of a request-target, which is ASCII (RFC 9112 §3.2);
+            # a parser that let either through would forward them on.
             return self.refusals["bad_request"], ""
         # Absolute-form: its authority must name the same host and port as Host, or a
         # front proxy and the app could route on different names.

@@ -72,6 +72,30 @@ STREAM_CHUNK = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
 
 
+def header_text(raw: bytes) -> str:
+    """A header value as aiohttp wants it (str, written back as UTF-8): UTF-8 bytes
+    round-trip exactly; anything else (obs-text) is read as Latin-1, the only decoding
+    that cannot fail, rather than refusing the request."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class RelayResponse(web.StreamResponse):
+    """A relayed response: aiohttp adds ``Content-Type: application/octet-stream`` to a
+    response without one, but a proxy must not invent a media type (RFC 9110 §8.3)."""
+
+    def __init__(self, *, status: int, reason: str | None, has_type: bool) -> None:
+        super().__init__(status=status, reason=reason)
+        self._has_type = has_type
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if not self._has_type:
+            self.headers.popall("Content-Type", None)
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -194,6 +218,7 @@ class Forwarder:
             total=None, sock_connect=env.connect_s, connect=env.connect_s, sock_read=env.read_s
         )
         body = None
+        limited: LimitedBody | None = None
         if request.body_exists:
             cl = request.content_length
             if cl is not None and cl > env.max_body_bytes:
@@ -205,7 +230,8 @@ class Forwarder:
                 and request.transport is not None
             ):
                 request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = _limited(request.content, env.max_body_bytes)
+            limited = LimitedBody(request.content, env.max_body_bytes)
+            body = limited.chunks()
             if cl is not None:
                 headers["Content-Length"] = str(cl)
         pool = self.pool(env)
@@ -236,6 +262,8 @@ class Forwarder:
             except BodyTooLarge:
                 raise
             except (aiohttp.ClientError, OSError) as exc:
+                if limited is not None and limited.too_large:
+                    raise BodyTooLarge() from exc
                 if client_body_failed(request):
                     raise ClientBodyError() from exc
                 return self._upstream_error(env, exc)
@@ -268,12 +296,16 @@ class Forwarder:
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         self.stats.response(env.name, upstream.status, loop.time() - started)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        resp = RelayResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            has_type="Content-Type" in upstream.headers,
+        )
         for raw_name, raw_value in upstream.raw_headers:
             name = raw_name.decode("latin-1")
             if name.lower() in DROP_RESPONSE:
                 continue
-            resp.headers.add(name, raw_value.decode("latin-1"))
+            resp.headers.add(name, header_text(raw_value))
         for name, value in extra:
             resp.headers[name] = value
         no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUS
@@ -300,13 +332,23 @@ class Forwarder:
         return resp
 
 
-async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in content.iter_chunked(STREAM_CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise BodyTooLarge()
-        yield chunk
+class LimitedBody:
+    """The client's body, streamed, cut at the limit. aiohttp's client wraps an exception
+    raised by a body generator into its own errors, so the overflow is also recorded here
+    for forward() to tell "too large" (413) from an upstream failure (502)."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self.content, self.limit = content, limit
+        self.too_large = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.content.iter_chunked(STREAM_CHUNK):
+            seen += len(chunk)
+            if seen > self.limit:
+                self.too_large = True
+                raise BodyTooLarge()
+            yield chunk
 
 
 def _error(status: int, text: str) -> web.Response:
@@ -352,7 +394,7 @@ def upstream_headers(
         # HTTP_X_FORWARDED_HOST would see the client's value (contract §2).
         if lname in DROP_REQUEST or "_" in lname:
             continue
-        headers.add(name, value.decode("latin-1"))
+        headers.add(name, header_text(value))
     for token in connection_tokens:
         headers.popall(token, None)
     headers["Host"] = forward_host
