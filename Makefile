@@ -56,9 +56,13 @@ bench-reload: $(STAMP)
 bench-locust: $(STAMP)
 	$(BIN)/python -m bench.locust_run
 
+# Long runs kept out of `make test`: a million distinct Host values against bounded memory
+# and series, and a 10-minute peak-load run whose RSS must stay flat.
 soak: $(STAMP)
 	scripts/ensure-apt.sh $(APT_BENCH)
-	$(BIN)/python -m bench.soak
+	GATEWAY_FLOOD_N=1000000 GATEWAY_ENGINES=fast $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		tests/test_rollout.py -k flood --timeout 3600
+	$(BIN)/python -m bench.memory --duration 600
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

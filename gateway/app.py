@@ -42,7 +42,7 @@ class RunOptions:
     config_path: str
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9180"
-    engine: str = "aiohttp"
+    engine: str = "fast"
     drain_delay: float = 5.0
     drain_timeout: float = 20.0
     admin_tokens: str | None = None

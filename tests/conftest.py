@@ -22,10 +22,20 @@ ENGINES = tuple(
 
 
 def _is_live(module: object) -> bool:
+    if getattr(module, "BOTH_ENGINES_IN_EACH_TEST", False):
+        return False  # test_differential: every test runs both engines itself
     return hasattr(module, "start_gateway") or hasattr(module, "running_gateway")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sansio: a plain-call test in a live module, not run once per engine"
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("sansio"):
+        return
     if "engine" in metafunc.fixturenames and _is_live(metafunc.module):
         # Session scope: pytest then runs every live test of one engine before the next,
         # so module-scoped gateways (built on the session's upstream, which depends on the

@@ -377,8 +377,10 @@ async def test_concurrent_api_and_cli_lose_nothing(gw: Gateway) -> None:
     # CLI edits reach the running gateway through its file watch, a moment after they
     # return (API writes answer only once live; a CLI process cannot wait for that).
     took = wait_until(
-        lambda: set(call(gw, "GET", "/api/v1/environments/conc", "bob").body["secure_endpoints"])
-        == expected,
+        lambda: (
+            set(call(gw, "GET", "/api/v1/environments/conc", "bob").body["secure_endpoints"])
+            == expected
+        ),
         timeout=15,
     )
     print(f"CLI edits live {took:.2f}s after the last call returned")

@@ -20,6 +20,8 @@ from gateway.runtime import Runtime
 # timeout fires between read_s and read_s + TICK_S (nginx's timer resolution is 1 ms, but
 # nothing here needs better than a quarter second).
 TICK_S = 0.25
+# Header deadlines and keep-alive timeouts are checked every CONNECTION_TICKS ticks (1 s).
+CONNECTION_TICKS = 4
 
 
 class FastEngine:
@@ -35,6 +37,7 @@ class FastEngine:
         self._date = DateLine()
         self._ids = RequestIds()
         self._ticker: asyncio.TimerHandle | None = None
+        self._ticks = 0
         self.addresses: dict[str, tuple[str, int]] = {}
 
     async def start(
@@ -70,10 +73,17 @@ class FastEngine:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
+        self._ticks += 1
+        keepalive_s = self.runtime.snapshot.config.timeouts.keepalive_s
         for listener in self._listeners.values():
             if listener.active:
                 for fwd in list(listener.active):
                     fwd.check_timeout(now)
+            if self._ticks % CONNECTION_TICKS == 0:
+                # Every open connection, once a second: ~0.2 µs each, 2 ms a second for
+                # 10,000 connections, against a timer handle each otherwise.
+                for conn in list(listener.connections):
+                    conn.check_timeouts(now, keepalive_s)
         self._ticker = loop.call_later(TICK_S, self._tick, loop)
 
     async def close_listeners(self) -> None:

@@ -44,7 +44,7 @@ from gateway.fast.upstream import ONLY_FIRST, SINK, Route, UpstreamConnection, U
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
 from gateway.proxy import DROP_RESPONSE, client_address
 from gateway.runtime import Runtime
-from gateway.server import DISCARD_LIMIT, SNI_ATTR, _origin_form, host_part
+from gateway.server import DISCARD_LIMIT, SNI_ATTR, _origin_form, host_part, printable
 
 log = logging.getLogger("gateway.fast")
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
@@ -57,9 +57,22 @@ GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 NO_BODY_STATUS = frozenset({204, 304})
 DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
+# Upstream response fields the relay does not copy as they are, by lowercased name, so a
+# field costs one dict lookup: 1 dropped (hop-by-hop, Content-Length, which is re-added;
+# X-Request-ID, which is the gateway's), 2 Date (copied; its absence is filled in), 3
+# X-Gateway-Config (dropped when the gateway adds its own).
+_DROPPED, _DATE, _CONFIG, _LENGTH = 1, 2, 3, 4
+RESPONSE_SPECIAL = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
+    b"x-request-id": _DROPPED,
+    b"date": _DATE,
+    b"x-gateway-config": _CONFIG,
+    b"content-length": _LENGTH,  # dropped, then written again as the framing says
+}
 # A refused (or early-answered) request's body is read and dropped for this long before
 # the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
 LINGER_S = 2.0
+# The empty queue every connection starts with (a shared, never-filled deque).
+NO_QUEUE: deque[Any] = deque(maxlen=0)
 # The client's read buffer while a request waits for its upstream connection.
 HOLD_LIMIT = 64 * 1024
 # The request parser's body StreamReader limit (aiohttp's read_bufsize default).
@@ -99,16 +112,10 @@ def failure_reason(exc: BaseException | None) -> str:
 
 
 def origin_form(target: str) -> str:
-    """The target sent upstream: origin-form (RFC 9112 §3.2.2 for absolute-form), without
-    a fragment, which no request-target may carry (§3.2) and browsers never send. The
-    aiohttp engine drops it too (yarl), so the upstream never routes on a "#/path" that
-    a front proxy would have ignored."""
-    hash_at = target.find("#")
-    if hash_at < 0 and target[:1] == "/":
-        return target
-    if hash_at >= 0:
-        target = target[:hash_at]
-    return _origin_form(target)
+    """The target sent upstream: as the client sent it, or the origin-form of an
+    absolute-form target (RFC 9112 §3.2.2). ("*" and fragments never get here: the policy
+    refuses them.)"""
+    return target if target[:1] == "/" else _origin_form(target)
 
 
 def content_length(msg: Any) -> int | None:
@@ -148,10 +155,8 @@ class Listener:
         # sweep (engine.TICK_S) instead of a timer each: uvloop's call_at and cancel cost
         # ~4 µs per request, a set add and discard ~0.1 µs.
         self.active: set[Forward] = set()
-        self._hosts: dict[str, tuple[Decision, str]] = {}
-        self._hosts_policy: ListenerPolicy | None = None
-        self._refusals: dict[Decision, Refusal] = {}
-        self._refusals_snap: Snapshot | None = None
+        self.refusals: dict[Decision, Refusal] = {}
+        self.refusals_snap: Snapshot | None = None
 
     def new_parser(self) -> Any:
         return HttpRequestParser(
@@ -164,35 +169,13 @@ class Listener:
             auto_decompress=False,
         )
 
-    def decide(self, lp: ListenerPolicy, msg: Any) -> tuple[Decision, str]:
-        values = msg.headers.getall("Host", ())
-        target: str = msg.path
-        if len(values) == 1 and target[:1] == "/" and msg.method != "CONNECT":
-            # Exactly ListenerPolicy.decide for an origin-form, non-CONNECT request: its
-            # decide_host(value). Memoised per policy object (a reload brings a new one),
-            # bounded: the key is client input, so the map is dropped when full rather
-            # than grown (the policy's own map covers configured names; this one also
-            # covers the unknown names a scanner or a load test repeats).
-            if lp is not self._hosts_policy:
-                self._hosts = {}
-                self._hosts_policy = lp
-            value = values[0]
-            hit = self._hosts.get(value)
-            if hit is None:
-                hit = lp.decide_host(value)
-                if len(self._hosts) >= 4096:
-                    self._hosts.clear()
-                self._hosts[value] = hit
-            return hit
-        return lp.decide(values, msg.method, target)
-
     def refusal(self, decision: Decision, snap: Snapshot) -> Refusal:
-        if snap is not self._refusals_snap:
-            self._refusals = {}
-            self._refusals_snap = snap
-        tpl = self._refusals.get(decision)
+        if snap is not self.refusals_snap:
+            self.refusals = {}
+            self.refusals_snap = snap
+        tpl = self.refusals.get(decision)
         if tpl is None:
-            tpl = self._refusals[decision] = Refusal(decision, snap.short_sha)
+            tpl = self.refusals[decision] = Refusal(decision, snap.short_sha)
         return tpl
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -234,24 +217,24 @@ class Listener:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "L",
-        "_deadline",
         "_dispatching",
         "_framing",
-        "_idle_since",
-        "_idle_timer",
         "_linger",
         "accepted",
         "client_addr",
         "closing",
         "current",
         "dead",
+        "deadline_at",
         "discarding",
         "handled",
         "idle",
+        "idle_since",
         "last_item",
         "loop",
         "parser",
         "paused",
+        "peer_b",
         "peer_ip",
         "proxy_buf",
         "queue",
@@ -268,7 +251,9 @@ class ClientConnection(asyncio.Protocol):
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
         self.parser: Any = None
-        self.queue: deque[tuple[Any, Any] | ParseFailure] = deque()
+        # Requests waiting their turn; made on first use (an empty deque is ~600 bytes,
+        # and most connections never pipeline).
+        self.queue: deque[tuple[Any, Any] | ParseFailure] = NO_QUEUE
         self.current: Forward | None = None
         self.tunnel: Forward | None = None
         self.discarding: Any = None  # an answered request's body, read and dropped
@@ -280,9 +265,12 @@ class ClientConnection(asyncio.Protocol):
         self.request_count = 0
         self.handled = 0
         self.idle = False
-        self._idle_since = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        # The header deadline (0: none) and the keep-alive clock are checked by the
+        # engine's sweep (engine.TICK_S), not by a uvloop timer each: a timer handle per
+        # connection is memory every idle connection pays, and a timer armed and
+        # cancelled per request is CPU every request pays.
+        self.deadline_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
         self._dispatching = False
         self._framing: ChunkedFraming | None = None
@@ -291,6 +279,7 @@ class ClientConnection(asyncio.Protocol):
         self.proxy_buf: bytearray | None = None
         self.client_addr: str | None = None
         self.peer_ip = "unknown"
+        self.peer_b = b"unknown"
         self.sni: str | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -311,12 +300,14 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0])
+            self.peer_b = self.peer_ip.encode("ascii", "replace")
         ssl_obj = transport.get_extra_info("ssl_object")
         if ssl_obj is not None:
             self.sni = getattr(ssl_obj, SNI_ATTR, None)
         if snap.listeners[L.name].proxy_protocol:
             self.proxy_buf = bytearray()
-        self.parser = L.new_parser()
+        # The parser is made when the first bytes arrive: a connection that sends nothing
+        # (pre-opened by a balancer, or a slowloris) costs a few hundred bytes less.
         self._arm_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -327,16 +318,16 @@ class ClientConnection(asyncio.Protocol):
         L = self.L
         L.runtime.connections_open[L.name] -= 1
         L.connections.discard(self)
-        self._disarm_deadline()
-        for timer in (self._idle_timer, self._linger):
-            if timer is not None:
-                timer.cancel()
-        self._idle_timer = self._linger = None
+        self.deadline_at = 0.0
+        self.idle = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         cur = self.current or self.tunnel
         self.current = self.tunnel = None
         if cur is not None:
             cur.client_lost()
-        self.queue.clear()
+        self.queue = NO_QUEUE
         self.transport = None
 
     def eof_received(self) -> bool | None:
@@ -361,10 +352,30 @@ class ClientConnection(asyncio.Protocol):
     # -- reading --------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        # A bug must not leave a connection hanging: as server.ListenerEngine answers an
+        # exception in its handler with "502 gateway error" and logs it.
+        try:
+            self._data_received(data)
+        except Exception:
+            self.internal_error()
+
+    def internal_error(self) -> None:
+        log.exception("internal error in the fast engine")
+        cur = self.current
+        if cur is not None and cur.resp is None and not cur.done:
+            cur.abandon()
+            self.write(prebuilt.plain(502, "502 gateway error\n", self.L.date.line, CLOSE))
+            self._close()
+        else:
+            self._abort()
+
+    def _data_received(self, data: bytes) -> None:
         if self.proxy_buf is not None:
             data = self._proxy_header(data)
             if not data:
                 return
+        if self.parser is None:
+            self.parser = self.L.new_parser()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.client_data(data)
@@ -378,7 +389,16 @@ class ClientConnection(asyncio.Protocol):
                 self._pause(P_WAIT)
             return
         self.idle = False
-        messages, exc, upgraded, tail = self._parse(data)
+        end = data.find(HEADER_SEP)
+        if (end < 0 or end + 4 >= len(data)) and not PYTHON_PARSER:
+            # At most one header block, at the end: one feed (_parse, inline).
+            exc: BaseException | None = None
+            try:
+                messages, upgraded, tail = self.parser.feed_data(data)
+            except Exception as error:
+                messages, upgraded, tail, exc = (), False, b"", error
+        else:
+            messages, exc, upgraded, tail = self._parse(data)
         if self.discarding is not None:
             self._discard()
         cur = self.current
@@ -389,10 +409,11 @@ class ClientConnection(asyncio.Protocol):
         # The header deadline, as server._Handler: a whole header block arrived, or an
         # idle keep-alive connection received the start of its next request.
         if messages:
-            if self._deadline is not None:
-                self._disarm_deadline()
+            self.deadline_at = 0.0
             self.request_count += len(messages)
-            self.last_item = messages[-1]
+            last = messages[-1]
+            # Kept only while its body may still be arriving (_parse_failed needs it).
+            self.last_item = last if last[1] is not EMPTY_PAYLOAD else None
             if (
                 exc is None
                 and len(messages) == 1
@@ -404,7 +425,7 @@ class ClientConnection(asyncio.Protocol):
                 msg, payload = messages[0]
                 self._handle(msg, payload)
                 return
-            self.queue.extend(messages)
+            self._enqueue(messages)
         elif self.handled >= self.request_count and not upgraded:
             self._arm_deadline()
         if exc is not None:
@@ -487,7 +508,13 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._close()  # already answered: nothing more to say
             return
-        self.queue.append(ParseFailure(reason))
+        self._enqueue([ParseFailure(reason)])
+
+    def _enqueue(self, items: list[Any]) -> None:
+        if self.queue is NO_QUEUE:
+            self.queue = deque(items)
+        else:
+            self.queue.extend(items)
 
     def _discard(self) -> None:
         payload = self.discarding
@@ -537,23 +564,36 @@ class ClientConnection(asyncio.Protocol):
             self._become_idle()
 
     def _handle(self, msg: Any, payload: Any) -> None:
+        """server.ListenerEngine.handle, step for step."""
         L = self.L
         rt = L.runtime
         snap = rt.snapshot  # read once: this request is decided by this config only
         lp = snap.listeners[L.name]
         target: str = msg.path
-        if msg.version.major != 1 or not target.isascii() or target == "*":
-            # llhttp takes "HTTP/2.0" (and the Python parser "HTTP/9.9"), and both take
-            # raw non-ASCII bytes in the target: not HTTP/1 requests (RFC 9112 §2.3,
-            # §3.2), refused like what the parser refuses. Asterisk-form (OPTIONS *)
-            # asks about the server itself, not about an environment; nginx answers it
-            # 400 too.
-            self._answer_failure("bad_request")
-            return
         if lp.health_path is not None and target == lp.health_path:
             self._health(msg, payload)
             return
-        decision, forward_host = L.decide(lp, msg)
+        if msg.version.major > 1:
+            # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too.
+            decision, forward_host = lp.version_refusal, ""
+            values = msg.headers.getall("Host", ())
+        elif target[:1] == "/" and msg.method != "CONNECT" and "#" not in target:
+            values = msg.headers.getall("Host", ())
+            # ListenerPolicy.decide for an origin-form target without a fragment, not
+            # CONNECT: exactly its decide_host(value), one call less on the hot path.
+            if len(values) == 1:
+                decision, forward_host = lp.decide_host(values[0])
+            else:
+                decision, forward_host = lp.decide(values, msg.method, target)
+        else:
+            values = msg.headers.getall("Host", ())
+            decision, forward_host = lp.decide(values, msg.method, target)
+        if decision.action == "forward" and not target.isascii():
+            # Raw non-ASCII bytes in the target: not a request-target (RFC 9112 §3.2,
+            # RFC 3986 §2). Refused like the other bad targets the policy refuses ("*",
+            # a fragment); the aiohttp engine forwards it percent-encoded by yarl, which
+            # is not the target the client sent.
+            decision, forward_host = lp.refusals["bad_request"], ""
         if lp.tls and forward_host and not self._sni_matches(forward_host):
             decision = lp.refusals["sni_mismatch"]
         counters = rt.counters.values
@@ -561,6 +601,8 @@ class ClientConnection(asyncio.Protocol):
         if decision.disagreement_slot >= 0:
             counters[decision.disagreement_slot] += 1
         rid = L.ids.next()
+        if decision.action == "refuse" or decision.would_block:
+            self._note_refusal(values, decision, rid, snap.short_sha)
         if decision.action == "refuse":
             self._refuse(msg, payload, decision, rid, snap)
             return
@@ -578,6 +620,39 @@ class ClientConnection(asyncio.Protocol):
         self.current = fwd
         fwd.start()
 
+    def _note_refusal(self, values: Any, decision: Decision, rid: bytes, sha: str) -> None:
+        """server.ListenerEngine._note_refusal: the top blocked hosts and the rate-limited
+        refusal log (would-block ones too)."""
+        rt = self.L.runtime
+        host = values[0] if len(values) == 1 else None
+        if host is not None and not host.isascii():
+            host = printable(host)
+        reason = "would_block" if decision.would_block else decision.label
+        if host is not None:
+            rt.blocked.add(decision.environment, host, reason, time.time())
+        log = rt.refusal_log
+        now = time.monotonic()
+        if log.tokens + (now - log.last) * log.rate < 1.0:
+            # What RefusalLog.record does when its bucket is empty, without first
+            # building the line it would drop: a flood of refusals (the case the rate
+            # limit exists for) must not pay for a dict per request.
+            log.tokens = min(log.burst, log.tokens + (now - log.last) * log.rate)
+            log.last = now
+            log.suppressed += 1
+            return
+        log.record(
+            "would block (report mode)" if decision.would_block else "refused",
+            {
+                "request_id": rid.decode("ascii"),
+                "listener": self.L.name,
+                "environment": decision.environment,
+                "reason": reason,
+                "host": host,
+                "client": self.client_addr or self.peer_ip,
+                "config": sha,
+            },
+        )
+
     def mode_for(self, msg: Any) -> int:
         if msg.should_close or self.L.draining:
             return CLOSE
@@ -591,15 +666,20 @@ class ClientConnection(asyncio.Protocol):
             # blocked_response "close": drop the connection unanswered, like nginx's 444.
             self._abort()
             return
-        mode = self.mode_for(msg)
+        if msg.should_close or L.draining or self.upgrade_tail is not None:
+            mode = CLOSE  # (what follows an upgrade request is not a next request)
+        else:
+            mode = KEEP_10 if msg.version.minor == 0 else KEEP_11
         if payload is not EMPTY_PAYLOAD:
             cl = content_length(msg)
             if cl is None or cl > DISCARD_LIMIT or decision.label == "body_too_large":
                 mode = CLOSE
-        if self.upgrade_tail is not None:
-            mode = CLOSE  # what follows an upgrade request is not a next request
-        head_only = msg.method == "HEAD"
-        self.write(L.refusal(decision, snap).render(rid, L.date.line, mode, head_only))
+        tpl = L.refusals.get(decision) if snap is L.refusals_snap else None
+        if tpl is None:
+            tpl = L.refusal(decision, snap)
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(tpl.render(rid, L.date.line, mode, msg.method == "HEAD"))
         if L.access_log is not None:
             L.access(
                 decision, decision.status, rid, snap.short_sha,
@@ -630,6 +710,9 @@ class ClientConnection(asyncio.Protocol):
     def finish(self, msg: Any, payload: Any, keep_alive: bool) -> None:
         """The response to ``msg`` is written (or being streamed to its end)."""
         self.handled += 1
+        last = self.last_item
+        if last is not None and last[1].is_eof():
+            self.last_item = None
         if not keep_alive or self.L.draining:
             self._close()
             return
@@ -648,42 +731,25 @@ class ClientConnection(asyncio.Protocol):
             self._become_idle()
 
     def _become_idle(self) -> None:
-        # The keep-alive timer is lazy (as nginx's timers): one handle per connection,
-        # re-armed from its callback, not cancelled and re-created per request.
         self.idle = True
-        now = self.loop.time()
-        self._idle_since = now
-        if self._idle_timer is None:
-            keepalive = self.L.runtime.snapshot.config.timeouts.keepalive_s
-            self._idle_timer = self.loop.call_at(now + keepalive, self._on_idle_timer)
+        self.idle_since = self.loop.time()
 
-    def _on_idle_timer(self) -> None:
-        self._idle_timer = None
-        if not self.idle or self.closing:
-            return
-        keepalive = self.L.runtime.snapshot.config.timeouts.keepalive_s
-        left = self._idle_since + keepalive - self.loop.time()
-        if left <= 0:
-            self._close()
-        else:
-            self._idle_timer = self.loop.call_later(left, self._on_idle_timer)
-
-    # -- header deadline --------------------------------------------------------------------
+    # -- header deadline and keep-alive timeout (checked by the engine's sweep) -------------
 
     def _arm_deadline(self) -> None:
-        if self._deadline is None:
+        if not self.deadline_at:
             timeout = self.L.runtime.snapshot.config.timeouts.header_s
-            self._deadline = self.loop.call_later(timeout, self._header_timeout)
+            self.deadline_at = self.loop.time() + timeout
 
-    def _disarm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _header_timeout(self) -> None:
-        self._deadline = None
-        self.L.runtime.refused_connection(self.L.name, "header_timeout")
-        self._abort()
+    def check_timeouts(self, now: float, keepalive_s: float) -> None:
+        if self.deadline_at and now >= self.deadline_at:
+            # The header block did not arrive in time (slowloris): nginx's
+            # client_header_timeout, counted as a refused connection.
+            self.deadline_at = 0.0
+            self.L.runtime.refused_connection(self.L.name, "header_timeout")
+            self._abort()
+        elif self.idle and now - self.idle_since >= keepalive_s and not self.closing:
+            self._close()  # nginx keepalive_timeout
 
     # -- PROXY protocol, SNI --------------------------------------------------------------
 
@@ -846,7 +912,7 @@ class Forward:
         self.retried = False
         self.resp: Any = None
         self.resp_payload: Any = None
-        self.held: list[bytes] | None = None
+        self.held: bytes | None = None
         self.status = 0
         self.out = OUT_NONE
         self.mode = client.mode_for(msg)
@@ -860,20 +926,29 @@ class Forward:
 
     def start(self) -> None:
         L = self.L
-        client = self.client
         msg = self.msg
-        rt = L.runtime
-        rt.in_flight[L.name] = rt.in_flight.get(L.name, 0) + 1
-        self.started = L.loop.time()
+        L.runtime.in_flight[L.name] += 1
+        self.started = now = L.loop.time()
         if self.body_open:
             self.cl = content_length(msg)
             # A client that sent "Expect: 100-continue" waits for this before sending its
             # body: the decision is made, so ask for it now rather than let its timer run.
             if msg.headers.get("Expect", "").lower() == "100-continue":
-                client.write(prebuilt.CONTINUE)
+                self.client.write(prebuilt.CONTINUE)
         self.head = self._request_head()
         route = self.route = L.pools.route(self.env)
-        self.order = ONLY_FIRST if route.single else route.pool.order(self.started)
+        if route.single:
+            self.order = ONLY_FIRST
+            idle = route.idle[0]
+            while idle:  # UpstreamPools.checkout, inline on the hot path
+                conn = idle.pop()
+                transport = conn.transport
+                if not conn.closed and transport is not None and not transport.is_closing():
+                    self.next_i = 1
+                    self._attach(conn, True, now)
+                    return
+        else:
+            self.order = route.pool.order(now)
         self._next_upstream()
 
     def _request_head(self) -> bytes:
@@ -910,7 +985,7 @@ class Forward:
             origin_form(msg.path).encode("utf-8", "surrogateescape"),
             msg.raw_headers,
             self.forward_host.encode("ascii"),
-            xff.encode("ascii", "replace"),
+            client.peer_b if xff is client.peer_ip else xff.encode("ascii", "replace"),
             b"https" if self.lp.tls else b"http",
             self.rid,
             framing,
@@ -925,7 +1000,7 @@ class Forward:
             self.next_i += 1
             conn = UpstreamPools.checkout(route.idle[i])
             if conn is not None:
-                self._attach(conn, reused=True)
+                self._attach(conn, True)
                 return
             self.connecting = self.L.spawn(self._connect(i))
             return
@@ -960,29 +1035,34 @@ class Forward:
         if self.done:
             L.pools.checkin(conn)  # a fresh connection nobody waits for: keep it
             return
-        self._attach(conn, reused=False)
+        self._attach(conn, False)
 
-    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, conn: UpstreamConnection, reused: bool, now: float = 0.0) -> None:
         self.conn = conn
         self.reused = reused
         conn.user = self
-        conn.response_parser(self.method == "HEAD")
+        head_only = self.method == "HEAD"
+        if conn.parser is None or conn.head_mode != head_only:
+            conn.response_parser(head_only)
         transport = conn.transport
         assert transport is not None
         client = self.client
         if client.write_paused:
             transport.pause_reading()
-        parts = [self.head]
         if self.body_open:
+            parts = [self.head]
             self._body_parts(parts)
-        if len(parts) == 1:
-            transport.write(parts[0])
-        else:
+            if self.cl is None and self.body_seen > self.env.max_body_bytes:
+                self._body_too_large()  # nothing sent upstream yet
+                return
             transport.writelines(parts)
-        if client.paused & P_WAIT and not self.upgrade:
-            client._resume(P_WAIT)
-        self.activity = self.L.loop.time()
-        self.L.active.add(self)
+            if client.paused & P_WAIT and not self.upgrade:
+                client._resume(P_WAIT)
+        else:
+            transport.write(self.head)
+        L = self.L
+        self.activity = now or L.loop.time()
+        L.active.add(self)
 
     def _body_parts(self, parts: list[bytes]) -> None:
         """Move what the request parser holds of the body into ``parts``, framed."""
@@ -1061,8 +1141,8 @@ class Forward:
     # -- response -------------------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
-        self.activity = self.L.loop.time()
         if self.tunnel:
+            self.activity = self.L.loop.time()
             self.client.write(data)
             return
         conn = self.conn
@@ -1088,8 +1168,13 @@ class Forward:
                 return
         if self.resp_payload is not None:
             self._pump_response()
+        if not self.done:
+            self.activity = self.L.loop.time()
 
     def _response_head(self, rmsg: Any, rpayload: Any) -> None:
+        """Build the head relayed to the client (as proxy.Forwarder._relay): the upstream's
+        fields minus hop-by-hop ones, X-Request-ID and, when exposed, X-Gateway-Config
+        in place of any the upstream sent, the framing the aiohttp engine would use."""
         L = self.L
         code: int = rmsg.code
         if self.upgrade and code != 101:
@@ -1099,86 +1184,94 @@ class Forward:
             return
         self.resp = rmsg
         self.status = code
-        L.pools.stats.response(self.env.name, code, L.loop.time() - self.started)
+        # UpstreamStats.response, with the slots cached on the route.
+        route = self.route
+        assert route is not None
+        klass = code // 100
+        klass = 1 if klass < 1 else 5 if klass > 5 else klass
+        L.runtime.counters.values[route.code_slots[klass - 1]] += 1
+        route.histogram.observe(L.loop.time() - self.started)
         if code == 101:
             if not self.upgrade:
                 self._upstream_failed("protocol", "upstream sent an invalid response")
                 return
             self._start_tunnel(rmsg)
             return
-        if L.draining:
-            self.mode = CLOSE
+        snap = self.snap
+        expose = snap.loaded.config.expose_config_version
+        special = RESPONSE_SPECIAL.get
+        lines = [prebuilt.status_line(code, rmsg.reason)[:-2]]
+        has_date = False
+        length = None
+        for name, value in rmsg.raw_headers:
+            kind = special(name.lower())
+            if kind is not None:
+                if kind == _LENGTH:
+                    length = value  # llhttp checked it: digits, one value
+                    continue
+                if kind == _DROPPED or (kind == _CONFIG and expose):
+                    continue
+                if kind == _DATE:
+                    has_date = True
+            lines.append(name + b": " + value)
+        lines.append(b"X-Request-ID: " + self.rid)
+        if expose:
+            lines.append(b"X-Gateway-Config: " + snap.short_sha.encode("ascii"))
         no_body = self.method == "HEAD" or code in NO_BODY_STATUS
-        parts = [prebuilt.status_line(code, rmsg.reason)]
-        has_date = self._copy_headers(rmsg, parts)
-        cl = rmsg.headers.get("Content-Length")
-        if cl is not None and code not in NO_BODY_STATUS:
-            parts.append(b"Content-Length: %d\r\n" % int(cl))
+        if length is not None and code not in NO_BODY_STATUS:
+            lines.append(b"Content-Length: %d" % int(length))
             self.out = OUT_NONE if no_body else OUT_LENGTH
         elif no_body:
             self.out = OUT_NONE
         elif self.msg.version.minor >= 1:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            lines.append(b"Transfer-Encoding: chunked")
             self.out = OUT_CHUNKED
         else:
             self.out = OUT_EOF  # an HTTP/1.0 client: the body ends when the connection does
             self.mode = CLOSE
-        if not has_date:
-            parts.append(L.date.line)
-        parts.append(prebuilt.CONNECTION_LINE[self.mode])
-        parts.append(b"\r\n")
+        if L.draining:
+            self.mode = CLOSE
+        lines.append(b"")
         # Not written yet: _pump_response sends it with the body bytes of the same read,
-        # one write (a small response in two segments costs a syscall, and the client a
-        # second read).
-        self.held = parts
+        # in one write (a small response in two segments costs a syscall, and the client
+        # a second read).
+        self.held = (
+            b"\r\n".join(lines)
+            + (b"" if has_date else L.date.line)
+            + prebuilt.CONNECTION_LINE[self.mode]
+            + b"\r\n"
+        )
         self.resp_payload = rpayload
-
-    def _copy_headers(self, rmsg: Any, parts: list[bytes]) -> bool:
-        """The upstream's headers minus hop-by-hop ones (as proxy.Forwarder._relay), then
-        X-Request-ID and, when exposed, X-Gateway-Config in place of any the upstream
-        sent. Returns whether a Date header was among them."""
-        has_date = False
-        expose = self.snap.config.expose_config_version
-        for name, value in rmsg.raw_headers:
-            lname = name.lower()
-            if lname in DROP_RESPONSE_B or lname == b"x-request-id":
-                continue
-            if expose and lname == b"x-gateway-config":
-                continue
-            if lname == b"date":
-                has_date = True
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
-        if expose:
-            parts += (b"X-Gateway-Config: ", self.snap.short_sha.encode("ascii"), b"\r\n")
-        return has_date
 
     def _pump_response(self) -> None:
         payload = self.resp_payload
-        parts = self.held
+        head = self.held
         self.held = None
         try:
             data = payload.read_nowait()
         except Exception:
-            if parts is not None:
-                self.client.write(b"".join(parts))
+            if head is not None:
+                self.client.write(head)
             self._upstream_failed("reset", "upstream sent a broken response")
             return
         out = self.out
         eof = payload.is_eof()
-        if parts is None:
-            if not data and not eof:
-                return
-            parts = []
-        if data:
+        client = self.client
+        if data and out != OUT_NONE:
             if out == OUT_CHUNKED:
-                parts += (b"%x\r\n" % len(data), data, b"\r\n")
-            elif out != OUT_NONE:
-                parts.append(data)
-        if eof and out == OUT_CHUNKED:
-            parts.append(b"0\r\n\r\n")
-        if parts:
-            self.client.write_parts(parts)
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+                if eof:
+                    data += b"0\r\n\r\n"
+            if head is None:
+                client.write(data)
+            elif len(data) < 65536:
+                client.write(head + data)  # one copy of a small body, one send
+            else:
+                client.write_parts([head, data])
+        elif head is not None:
+            client.write(head + b"0\r\n\r\n" if eof and out == OUT_CHUNKED else head)
+        elif eof and out == OUT_CHUNKED:
+            client.write(b"0\r\n\r\n")
         if eof:
             self._response_done()
 
@@ -1364,6 +1457,14 @@ class Forward:
             conn.close()  # after what the client sent has been written
         else:
             conn.abort()
+
+    def abandon(self) -> None:
+        """Stop after an internal error: the upstream connection is not reused."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self._detach(reusable=False)
+        self._complete(finish=False)
 
     def client_lost(self) -> None:
         if self.done:

@@ -1,0 +1,717 @@
+"""The fast engine's edges, against a live gateway and a scriptable raw upstream.
+
+Written for the fast engine (issue 8), and run over both engines like every live test:
+where the two differ on purpose the test says so (``xfail`` on one engine, with why).
+The sans-IO parts (the request-head rewrite, chunked framing, prebuilt refusals) are
+tested with plain calls, and Hypothesis checks the request-head rewrite against
+``proxy.upstream_headers``, whose rules it must keep.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import (
+    Gateway,
+    RawResponse,
+    Upstream,
+    metric_sum,
+    raw_request,
+    read_response,
+    running_gateway,
+    wait_until,
+)
+
+# -- a scriptable upstream ---------------------------------------------------------------
+
+
+class Conn:
+    """One accepted upstream connection, as the handler sees it."""
+
+    def __init__(self, sock: socket.socket, up: RawUpstream) -> None:
+        self.sock = sock
+        self.up = up
+        self.buf = bytearray()
+
+    def fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_request(self) -> tuple[bytes, bytes] | None:
+        """(head, body) of the next request, de-chunked; None when the gateway closed."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self.fill():
+                return None
+        head, _, _ = bytes(self.buf).partition(b"\r\n\r\n")
+        del self.buf[: len(head) + 4]
+        lower = head.lower()
+        body = b""
+        m = re.search(rb"\r\ncontent-length: *(\d+)", lower)
+        if m:
+            n = int(m.group(1))
+            while len(self.buf) < n:
+                if not self.fill():
+                    return None
+            body = bytes(self.buf[:n])
+            del self.buf[:n]
+        elif b"\r\ntransfer-encoding: chunked" in lower:
+            out = bytearray()
+            while True:
+                while b"\r\n" not in self.buf:
+                    if not self.fill():
+                        return None
+                line, _, _ = bytes(self.buf).partition(b"\r\n")
+                del self.buf[: len(line) + 2]
+                size = int(line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    if not self.fill():
+                        return None
+                out += self.buf[:size]
+                del self.buf[: size + 2]
+                if size == 0:
+                    break
+            body = bytes(out)
+        self.up.requests.append((head, body))
+        return head, body
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+class RawUpstream:
+    """Accepts connections on loopback; each is served by ``handler(conn)`` in a thread."""
+
+    def __init__(self, handler: Callable[[Conn], None]) -> None:
+        self.handler = handler
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.accepted = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._closed = False
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(sock)
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            t.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            self.handler(Conn(sock, self))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+        for s in self._conns:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def serve_forever(respond: Callable[[bytes, bytes], bytes]) -> Callable[[Conn], None]:
+    """A keep-alive handler: every request is answered with ``respond(head, body)``."""
+
+    def handler(conn: Conn) -> None:
+        while (req := conn.read_request()) is not None:
+            conn.send(respond(*req))
+
+    return handler
+
+
+def ok(body: bytes = b"ok\n", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+@pytest.fixture
+def raw_upstream() -> Iterator[Callable[[Callable[[Conn], None]], RawUpstream]]:
+    made: list[RawUpstream] = []
+
+    def make(handler: Callable[[Conn], None]) -> RawUpstream:
+        up = RawUpstream(handler)
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.close()
+
+
+def config(upstream_url: str, **env_extra: Any) -> dict[str, Any]:
+    return {
+        "environments": [
+            {
+                "name": "production",
+                "hostname": "prod.internal.example",
+                "secure_endpoints": ["www.acme.com"],
+                "upstreams": [upstream_url],
+                **env_extra,
+            }
+        ],
+    }
+
+
+def engine_of(gw: Gateway) -> str:
+    args = gw.proc.args
+    return args[args.index("--engine") + 1] if "--engine" in args else "aiohttp"
+
+
+def connect(gw: Gateway, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", gw.port()), timeout=timeout)
+
+
+GET = b"GET %s HTTP/1.1\r\nHost: www.acme.com\r\n\r\n"
+
+
+# -- HEAD, 204, 304, framing ---------------------------------------------------------------
+
+
+def test_head_204_304_carry_no_body(raw_upstream: Any, tmp_path: Path) -> None:
+    def respond(head: bytes, body: bytes) -> bytes:
+        path = head.split(b" ")[1]
+        if path == b"/head":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"  # HEAD: no body follows
+        if path == b"/204":
+            return b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+        if path == b"/304":
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n'
+        return ok(path)
+
+    up = raw_upstream(serve_forever(respond))
+    with running_gateway(config(up.url), tmp_path) as gw, connect(gw) as s:
+        buf = bytearray()
+        s.sendall(b"HEAD /head HTTP/1.1\r\nHost: www.acme.com\r\n\r\n")
+        r = read_response(s, buf, head_request=True)
+        assert r.status == 200 and r.header("Content-Length") == "10"
+        for path, status in ((b"/204", 204), (b"/304", 304)):
+            s.sendall(GET % path)
+            r = read_response(s, buf)
+            assert r.status == status and r.body == b""
+            assert r.header("Content-Length") is None and r.header("Transfer-Encoding") is None
+        # The connection is still in step: the next answer is the next request's.
+        s.sendall(GET % b"/after")
+        r = read_response(s, buf)
+        assert (r.status, r.body) == (200, b"/after")
+        assert buf == b""
+
+
+def test_chunked_both_ways_and_to_http10(raw_upstream: Any, tmp_path: Path) -> None:
+    def respond(head: bytes, body: bytes) -> bytes:
+        # Echo the body back chunked (no Content-Length), in two chunks.
+        half = len(body) // 2
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:]) if p)
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+    up = raw_upstream(serve_forever(respond))
+    payload = os.urandom(300_000)
+    with running_gateway(config(up.url), tmp_path) as gw, connect(gw) as s:
+        buf = bytearray()
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: www.acme.com\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(payload), 70_000):
+            part = payload[i : i + 70_000]
+            s.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        s.sendall(b"0\r\n\r\n")
+        r = read_response(s, buf)
+        assert r.status == 200 and r.header("Transfer-Encoding") == "chunked"
+        assert r.body == payload
+        head, body = up.requests[-1]
+        assert b"\r\nTransfer-Encoding: chunked" in head and body == payload
+    # An HTTP/1.0 client cannot take chunked: the body ends with the connection.
+    with running_gateway(config(up.url), tmp_path) as gw:
+        (r,) = raw_request(
+            gw.port(), b"POST /c HTTP/1.0\r\nHost: www.acme.com\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        assert r.status == 200 and r.body == b"hello"
+        assert r.header("Transfer-Encoding") is None
+
+
+def test_expect_100_continue(raw_upstream: Any, tmp_path: Path) -> None:
+    up = raw_upstream(serve_forever(lambda head, body: ok(body)))
+    with running_gateway(config(up.url), tmp_path) as gw, connect(gw) as s:
+        buf = bytearray()
+        s.sendall(
+            b"POST /c HTTP/1.1\r\nHost: www.acme.com\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n"
+        )
+        interim = read_response(s, buf)
+        assert interim.status == 100  # asked for the body once the request is allowed
+        s.sendall(b"hello")
+        r = read_response(s, buf)
+        assert (r.status, r.body) == (200, b"hello")
+        assert b"expect" not in up.requests[-1][0].lower()
+        # A refused request gets its refusal, never a 100.
+        s.sendall(
+            b"POST /c HTTP/1.1\r\nHost: evil.example\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        assert read_response(s, buf).status == 503
+
+
+# -- ordering, keep-alive, Connection: close -----------------------------------------------
+
+
+def test_pipelined_requests_answered_in_order(raw_upstream: Any, tmp_path: Path) -> None:
+    def respond(head: bytes, body: bytes) -> bytes:
+        path = head.split(b" ")[1]
+        if path == b"/slow":
+            time.sleep(0.3)
+        return ok(path)
+
+    up = raw_upstream(serve_forever(respond))
+    with running_gateway(config(up.url), tmp_path) as gw:
+        data = (
+            GET % b"/slow"
+            + b"GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+            + GET % b"/fast"
+            + b"POST /body HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 3\r\n\r\nabc"
+            + b"GET /last HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
+        )
+        rs = raw_request(gw.port(), data, count=5)
+        assert [(r.status, r.body if r.status == 200 else b"") for r in rs] == [
+            (200, b"/slow"),
+            (503, b""),
+            (200, b"/fast"),
+            (200, b"/body"),
+            (200, b"/last"),
+        ]
+
+
+def test_upstream_connections_are_kept_alive_and_reused(raw_upstream: Any, tmp_path: Path) -> None:
+    up = raw_upstream(serve_forever(lambda head, body: ok()))
+    with running_gateway(config(up.url), tmp_path) as gw:
+        for _ in range(30):  # each on its own client connection, closed by the client
+            (r,) = raw_request(
+                gw.port(), b"GET / HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
+            )
+            assert r.status == 200 and r.header("Connection") == "close"
+        assert up.accepted == 1, f"{up.accepted} upstream connections for 30 requests"
+
+
+def test_stale_keepalive_connection_is_retried_once_for_idempotent_methods(
+    raw_upstream: Any, tmp_path: Path
+) -> None:
+    """The upstream answers one request per connection, then closes the connection when
+    the next request arrives, without answering (its keep-alive timer ran out just as the
+    gateway reused the connection): GET is retried on a new connection, POST is not."""
+
+    def handler(conn: Conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.send(ok(b"first"))
+        conn.read_request()  # the reuse: closed unanswered
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url), tmp_path) as gw:
+        get = b"GET /g HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
+        assert raw_request(gw.port(), get)[0].status == 200
+        (r,) = raw_request(gw.port(), get)
+        assert r.status == 200, r  # the pooled connection was stale: retried once
+        post = b"POST /p HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+        (r,) = raw_request(gw.port(), post)
+        assert r.status == 502  # not idempotent: never sent twice
+        m = gw.metrics()
+        assert metric_sum(m, "gateway_upstream_errors_total", kind="reset") >= 1
+
+
+def test_keepalive_timeout_closes_idle_client_connections(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    cfg = config(upstream.url)
+    cfg["timeouts"] = {"keepalive_s": 1.0}
+    with running_gateway(cfg, tmp_path) as gw, connect(gw) as s:
+        s.sendall(GET % b"/")
+        assert read_response(s, bytearray()).status == 200
+        t0 = time.monotonic()
+        s.settimeout(10)
+        assert s.recv(1) == b""  # closed by the gateway
+        assert 0.8 < time.monotonic() - t0 < 5
+
+
+# -- upstream failures -----------------------------------------------------------------------
+
+
+def test_upstream_protocol_errors_are_502(raw_upstream: Any, tmp_path: Path) -> None:
+    def handler(conn: Conn) -> None:
+        req = conn.read_request()
+        if req is None:
+            return
+        path = req[0].split(b" ")[1]
+        if path == b"/garbage":
+            conn.send(b"HTTP/1.1 2OO OK\r\n\r\n")
+        elif path == b"/truncated":
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+        elif path == b"/silent-close":
+            pass
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url), tmp_path) as gw:
+        (r,) = raw_request(
+            gw.port(), b"POST /garbage HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert r.status == 502
+        (r,) = raw_request(
+            gw.port(),
+            b"POST /silent-close HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 0\r\n\r\n",
+        )
+        assert r.status == 502
+        # Headers already relayed: the only honest signal left is a cut connection.
+        with connect(gw) as s:
+            s.sendall(GET % b"/truncated")
+            with pytest.raises(ConnectionError):
+                read_response(s, bytearray())
+        m = gw.metrics()
+        assert metric_sum(m, "gateway_upstream_errors_total", kind="protocol") >= 1
+        assert metric_sum(m, "gateway_upstream_errors_total", kind="reset") >= 1
+        assert metric_sum(m, "gateway_requests_in_flight") == 0
+
+
+def test_read_timeout_mid_body_cuts_the_response(raw_upstream: Any, tmp_path: Path) -> None:
+    def handler(conn: Conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")
+        time.sleep(3)
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url, timeouts={"read_s": 0.5}), tmp_path) as gw:
+        with connect(gw) as s:
+            s.sendall(GET % b"/")
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionError):
+                read_response(s, bytearray())
+            assert time.monotonic() - t0 < 2.5
+        wait_until(
+            lambda: metric_sum(gw.metrics(), "gateway_upstream_errors_total", kind="timeout") == 1
+        )
+
+
+# -- back-pressure -----------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_reader_pauses_the_upstream(raw_upstream: Any, tmp_path: Path) -> None:
+    """A client that stops reading a 64 MiB download: the gateway stops reading the
+    upstream (its buffers stay bounded), and the download completes once it reads."""
+    size = 64 * 1024 * 1024
+    sent = [0]
+
+    def handler(conn: Conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"z" * 65536
+        while sent[0] < size:
+            conn.send(block)
+            sent[0] += len(block)
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url), tmp_path) as gw, connect(gw, 30) as s:
+        pid = gw.proc.popen.pid
+        before = _rss_mib(pid)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(GET % b"/big")
+        time.sleep(1.5)  # not reading
+        stalled = sent[0]
+        time.sleep(0.5)
+        assert sent[0] == stalled, "the upstream kept sending to a client that reads nothing"
+        assert stalled < 24 * 1024 * 1024, f"{stalled / 2**20:.1f} MiB left the upstream"
+        assert _rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
+        r = read_response(s, bytearray())
+        assert r.status == 200 and len(r.body) == size
+
+
+def test_slow_upstream_pauses_the_client(raw_upstream: Any, tmp_path: Path) -> None:
+    """An upstream that reads nothing of a 64 MiB upload for a while: the gateway stops
+    reading the client, and the upload completes once the upstream reads."""
+    size = 64 * 1024 * 1024
+    go = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        go.wait(10)
+        req = conn.read_request()
+        if req is not None:
+            conn.send(ok(b"%d" % len(req[1])))
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url, limits={"max_body_bytes": size}), tmp_path) as gw:
+        pid = gw.proc.popen.pid
+        before = _rss_mib(pid)
+        pushed = [0]
+        with connect(gw, 30) as s:
+
+            def upload() -> None:
+                s.sendall(
+                    b"PUT /up HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: %d\r\n\r\n" % size
+                )
+                block = b"u" * 65536
+                for _ in range(size // len(block)):
+                    s.sendall(block)
+                    pushed[0] += len(block)
+
+            t = threading.Thread(target=upload, daemon=True)
+            t.start()
+            time.sleep(1.5)
+            stalled = pushed[0]
+            assert stalled < 24 * 1024 * 1024, f"{stalled / 2**20:.1f} MiB accepted while stalled"
+            assert _rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
+            go.set()
+            t.join(30)
+            r = read_response(s, bytearray())
+            assert (r.status, r.body) == (200, b"%d" % size)
+
+
+# -- WebSocket -------------------------------------------------------------------------------------
+
+
+def _ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    return bytes([0x80 | opcode]) + size + mask + masked
+
+
+def _read_frame(s: socket.socket, buf: bytearray) -> tuple[int, bytes]:
+    while len(buf) < 2:
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        buf += data
+    opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
+    start = 2
+    if n == 126:
+        while len(buf) < 4:
+            buf += s.recv(65536)
+        n, start = struct.unpack("!H", buf[2:4])[0], 4
+    while len(buf) < start + n:
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        buf += data
+    payload = bytes(buf[start : start + n])
+    del buf[: start + n]
+    return opcode, payload
+
+
+def _ws_handshake(
+    port: int, host: str = "www.acme.com"
+) -> tuple[socket.socket, RawResponse, bytes, bytearray]:
+    key = base64.b64encode(os.urandom(16))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(
+        b"GET /__ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n" % (host.encode(), key)
+    )
+    buf = bytearray()
+    return s, read_response(s, buf), key, buf
+
+
+def test_websocket_passes_through(upstream: Upstream, tmp_path: Path) -> None:
+    with running_gateway(config(upstream.url), tmp_path) as gw:
+        s, r, key, buf = _ws_handshake(gw.port())
+        with s:
+            assert r.status == 101
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            ).decode()
+            assert r.header("Sec-WebSocket-Accept") == accept
+            for text in (b"hello", b"x" * 300):
+                s.sendall(_ws_frame(text))
+                assert _read_frame(s, buf) == (1, text)
+            s.sendall(_ws_frame(b"\x00\x01", opcode=2))
+            assert _read_frame(s, buf) == (2, b"\x00\x01")
+        m = gw.metrics()
+        assert metric_sum(m, "gateway_upstream_responses_total", code_class="1xx") == 1
+        # refused like any request when the Host is unknown
+        s, r, _, _ = _ws_handshake(gw.port(), "evil.example")
+        s.close()
+        assert r.status == 503
+
+
+def test_websocket_idle_timeout(upstream: Upstream, tmp_path: Path) -> None:
+    cfg = config(upstream.url)
+    cfg["timeouts"] = {"websocket_idle_s": 1.0}
+    with running_gateway(cfg, tmp_path) as gw:
+        s, r, _, buf = _ws_handshake(gw.port())
+        with s:
+            assert r.status == 101
+            s.sendall(_ws_frame(b"ping"))
+            assert _read_frame(s, buf) == (1, b"ping")
+            t0 = time.monotonic()
+            s.settimeout(10)
+            with pytest.raises((ConnectionError, OSError)):
+                while True:  # a close frame (aiohttp engine) or the close itself
+                    op, _ = _read_frame(s, buf)
+                    if op == 8:
+                        raise ConnectionError("close frame")
+            assert 0.8 < time.monotonic() - t0 < 5
+        wait_until(lambda: metric_sum(gw.metrics(), "gateway_requests_in_flight") == 0)
+
+
+# -- sans-IO parts -------------------------------------------------------------------------------
+
+TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+NAMES = st.one_of(
+    st.sampled_from(
+        [
+            "Host",
+            "Connection",
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "Upgrade",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "Forwarded",
+            "X-Request-ID",
+            "Expect",
+            "Content-Length",
+            "Transfer-Encoding",
+            "X-Real-IP",
+            "X_Custom",
+            "Cookie",
+            "X-Drop",
+            "x-drop",
+            "Accept",
+        ]
+    ),
+    st.text(TOKEN_CHARS, min_size=1, max_size=12),
+)
+VALUES = st.one_of(
+    st.sampled_from(["close", "keep-alive", "x-drop, Cookie", " X-DROP ,accept", "\xa0x-drop"]),
+    st.text(
+        st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+        max_size=20,
+    ),
+)
+
+
+@pytest.mark.sansio
+@settings(max_examples=400, deadline=None)
+@given(
+    headers=st.lists(st.tuples(NAMES, VALUES), max_size=12),
+    host=st.sampled_from(["www.acme.com", "acme.com:8443", "[2001:db8::1]"]),
+)
+def test_request_head_keeps_upstream_headers_rules(
+    headers: list[tuple[str, str]], host: str
+) -> None:
+    from gateway.fast.headers import request_head
+    from gateway.proxy import header_text, upstream_headers
+
+    raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    want = list(upstream_headers(raw, host, "10.0.0.1", "http", "0123456789abcdef").items())
+    head = request_head(
+        b"GET", b"/p", raw, host.encode(), b"10.0.0.1", b"http", b"0123456789abcdef", b""
+    )
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET /p HTTP/1.1" and lines[-2:] == [b"", b""]
+    got = [tuple(line.split(b": ", 1)) for line in lines[1:-2]]
+    # upstream_headers appends the gateway's five fields after the client's kept ones;
+    # the fast engine writes Host first, where aiohttp's client puts it.
+    assert [k for k, _ in want[-5:]] == [
+        "Host",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Request-ID",
+    ]
+    expected = [want[-5], *want[:-5], *want[-4:]]
+    assert [k.decode("latin-1") for k, _ in got] == [k for k, _ in expected]
+    # Values: the fast engine sends the client's bytes; upstream_headers gives the same
+    # value as text (UTF-8 when it is UTF-8, else Latin-1, proxy.header_text).
+    assert [header_text(v) for _, v in got] == [v for _, v in expected]
+
+
+@pytest.mark.sansio
+@pytest.mark.parametrize(
+    ("body", "result"),
+    [
+        (b"5\r\nhello\r\n0\r\n\r\nNEXT", 15),
+        (b"0005\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", 26),
+        (b'5;a=b;c="q"\r\nhello\r\n0\r\n\r\n', 25),
+        (b"5\r\nhel", -1),
+        (b"10000000000000005\r\nhello\r\n0\r\n\r\n", "error"),  # over 64 bits
+        (b"5;a=\x00\r\nhello\r\n0\r\n\r\n", "error"),  # NUL in an extension
+        (b"5\nhello\n0\n\n", "error"),  # lone LF
+        (b"3\r\nhello\r\n0\r\n\r\n", "error"),  # data longer than its size
+        (b"+5\r\nhello\r\n0\r\n\r\n", "error"),
+        (b"5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n", "error"),
+    ],
+)
+def test_chunked_framing(body: bytes, result: int | str) -> None:
+    from gateway.fast.chunked import ChunkedFraming, ChunkedFramingError
+
+    def run(split: int) -> int | str:
+        f = ChunkedFraming()
+        try:
+            for offset, part in ((0, body[:split]), (split, body[split:])):
+                got = f.feed(part)
+                if got >= 0:
+                    return offset + got
+            return -1
+        except ChunkedFramingError:
+            return "error"
+
+    for split in range(len(body) + 1):  # whatever the read boundaries
+        assert run(split) == result, split
+
+
+@pytest.mark.sansio
+def test_prebuilt_refusal_is_responses_refusal_text() -> None:
+    from gateway.fast.prebuilt import CLOSE, KEEP_11, Refusal
+    from gateway.policy import Decision
+    from gateway.responses import refusal_text
+
+    d = Decision("refuse", 503, "production", "unknown_host", 0, None)
+    rid = b"0123456789abcdef"
+    raw = Refusal(d, "abcdefabcdef").render(rid, b"Date: x\r\n", KEEP_11, False)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert body == refusal_text("unknown_host", rid.decode()).encode()
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nContent-Length: %d\r\n" % len(body) in head
+    assert b"X-Request-ID: 0123456789abcdef" in head and b"Connection" not in head
+    closing = Refusal(d, "abcdefabcdef").render(rid, b"", CLOSE, True)
+    assert closing.endswith(b"Connection: close\r\n\r\n")  # HEAD: the head only
+    custom = Decision("refuse", 404, "p", "unknown_host", 0, None, body="gone\n")
+    assert Refusal(custom, "x").render(rid, b"", KEEP_11, False).endswith(b"\r\n\r\ngone\n")
