@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver
 APT_BENCH := nginx:nginx-light wrk:wrk
 
-.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-locust soak apt-test clean
+.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-profile bench-memory bench-locust soak apt-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-micro: $(STAMP)
 
 bench-reload: $(STAMP)
 	$(BIN)/python -m bench.reload_bench
+
+bench-profile: $(STAMP)
+	$(BIN)/python -m bench.profile_engine --engines aiohttp,fast --duration 10
+
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory --short
 
 bench-locust: $(STAMP)
 	$(BIN)/python -m bench.locust_run
