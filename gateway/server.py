@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import ssl
 import time
 from typing import Any, cast
 
 import aiohttp
-import aiohttp.http_parser as _py_parser
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from yarl import URL
@@ -29,24 +27,9 @@ from gateway.policy import Decision, EnvPolicy
 from gateway.proxy import BodyTooLarge, ClientBodyError, Forwarder, client_address, upstream_headers
 from gateway.responses import new_request_id, refusal_text
 from gateway.runtime import Runtime
+from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, printable, sni_matches
 
 log = logging.getLogger("gateway.server")
-
-# aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) accepts chunk sizes of any length;
-# llhttp refuses those that overflow 64 bits (RFC 9112 §7.1: guard against overflow), and a
-# front proxy that wraps them would desynchronise from us. Bound them the same way.
-_py_parser.HEXDIGITS = re.compile(rb"[0-9a-fA-F]{1,16}")  # type: ignore[misc]
-# A refused request's body is drained up to this much so the connection can be kept;
-# beyond it the connection is closed (the body is never parsed as a next request).
-DISCARD_LIMIT = 64 * 1024
-SNI_ATTR = "gateway_sni"
-
-
-def host_part(forward_host: str) -> str:
-    """``www.acme.com:8443`` -> ``www.acme.com``; ``[::1]:80`` -> ``[::1]``."""
-    if forward_host.startswith("["):
-        return forward_host[: forward_host.index("]") + 1]
-    return forward_host.partition(":")[0]
 
 
 class ListenerEngine:
@@ -77,7 +60,11 @@ class ListenerEngine:
             decision, forward_host = lp.version_refusal, ""
         else:
             decision, forward_host = lp.decide(msg.headers.getall("Host", ()), msg.method, target)
-        if lp.tls and forward_host and not _sni_matches(request, forward_host):
+        if (
+            lp.tls
+            and forward_host
+            and not sni_matches(getattr(request.protocol, "sni", None), forward_host)
+        ):
             decision = lp.refusals["sni_mismatch"]
         counters = rt.counters.values
         counters[decision.slot] += 1
@@ -116,7 +103,7 @@ class ListenerEngine:
                 )
             else:
                 resp = await self.forwarder.forward(
-                    request, env, headers, _origin_form(target), extra
+                    request, env, headers, origin_form(target), extra
                 )
             status = resp.status
             return resp
@@ -220,7 +207,7 @@ class ListenerEngine:
         scheme = "wss" if up.scheme == "https" else "ws"
         try:
             upstream = await session.ws_connect(
-                f"{scheme}://{up.url.split('://', 1)[1]}{_origin_form(target)}",
+                f"{scheme}://{up.url.split('://', 1)[1]}{origin_form(target)}",
                 headers=headers,
                 protocols=protocols,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
@@ -326,40 +313,9 @@ class ListenerEngine:
         return resp
 
 
-def printable(value: str) -> str:
-    """Header values are decoded with surrogateescape: bytes that are not UTF-8 become lone
-    surrogates, which no JSON encoder accepts. Keep them visible as \\xNN escapes."""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _peer(request: web.BaseRequest) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if isinstance(peer, tuple) else "unknown"
-
-
-def _sni_matches(request: web.BaseRequest, forward_host: str) -> bool:
-    """Strict SNI (Traefik, Caddy): the TLS server name must be the Host's host, so a
-    certificate for one name cannot carry requests for another."""
-    sni = getattr(request.protocol, "sni", None)
-    host = host_part(forward_host)
-    if sni is None:
-        # Clients send no SNI when they connect to an IP literal (RFC 6066 §3).
-        return host[:1] == "[" or host.replace(".", "").isdigit()
-    return bool(sni.rstrip(".").lower() == host)
-
-
-def _origin_form(target: str) -> str:
-    if target[:1] == "/":
-        return target
-    if target == "*":
-        return "*"
-    # Absolute-form: forwarded in origin form (RFC 9112 §3.2.2).
-    _, _, rest = target.partition("://")
-    slash = rest.find("/")
-    query = rest.find("?")
-    if slash == -1 or (query != -1 and query < slash):
-        return "/" + (rest[query:] if query != -1 else "")
-    return rest[slash:]
 
 
 def _health(rt: Runtime) -> web.Response:

@@ -44,7 +44,7 @@ from gateway.fast.upstream import ONLY_FIRST, SINK, Route, UpstreamConnection, U
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
 from gateway.proxy import DROP_RESPONSE, client_address
 from gateway.runtime import Runtime
-from gateway.server import DISCARD_LIMIT, SNI_ATTR, _origin_form, host_part, printable
+from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, printable, sni_matches
 
 log = logging.getLogger("gateway.fast")
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
@@ -109,13 +109,6 @@ def failure_reason(exc: BaseException | None) -> str:
     if text.startswith("missing 'host'"):
         return "missing_host"
     return "bad_request"
-
-
-def origin_form(target: str) -> str:
-    """The target sent upstream: as the client sent it, or the origin-form of an
-    absolute-form target (RFC 9112 §3.2.2). ("*" and fragments never get here: the policy
-    refuses them.)"""
-    return target if target[:1] == "/" else _origin_form(target)
 
 
 def content_length(msg: Any) -> int | None:
@@ -780,13 +773,7 @@ class ClientConnection(asyncio.Protocol):
         return any(addr in net for net in self.L.runtime.snapshot.loaded.trusted_proxies)
 
     def _sni_matches(self, forward_host: str) -> bool:
-        """Strict SNI, as server._sni_matches: the TLS server name must be the Host's host."""
-        sni = self.sni
-        host = host_part(forward_host)
-        if sni is None:
-            # Clients send no SNI when they connect to an IP literal (RFC 6066 §3).
-            return host[:1] == "[" or host.replace(".", "").isdigit()
-        return bool(sni.rstrip(".").lower() == host)
+        return sni_matches(self.sni, forward_host)
 
     # -- transport helpers ----------------------------------------------------------------
 
