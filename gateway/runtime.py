@@ -60,6 +60,16 @@ class Runtime:
         self.last_reload_error = message
         self.counters.values[self.reload_slots["failure"]] += 1
 
+    def admit(self, listener: str) -> bool:
+        """Count a new connection, or refuse it (and count that) past the per-worker cap.
+        Both engines call this, so the cap means the same thing in each."""
+        open_now = self.connections_open.get(listener, 0)
+        if open_now >= self.snapshot.config.limits.max_connections:
+            self.refused_connection(listener, "connection_limit")
+            return False
+        self.connections_open[listener] = open_now + 1
+        return True
+
     def refused_connection(self, listener: str, reason: str) -> None:
         self.counters.values[self.counters.slot(REFUSED_CONN, (listener, reason))] += 1
 

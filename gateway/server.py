@@ -344,13 +344,11 @@ class _Handler(RequestHandler):
         engine = self._engine
         rt = engine.runtime
         snap = rt.snapshot
-        if rt.connections_open.get(engine.name, 0) >= snap.config.limits.max_connections:
-            rt.refused_connection(engine.name, "connection_limit")
+        if not rt.admit(engine.name):
             # Refused at once: an RST costs the client nothing and frees the slot now.
             cast(asyncio.Transport, transport).abort()
             return
         self._accepted = True
-        rt.connections_open[engine.name] = rt.connections_open.get(engine.name, 0) + 1
         super().connection_made(transport)
         ssl_obj = transport.get_extra_info("ssl_object")
         if ssl_obj is not None:

@@ -281,13 +281,11 @@ class ClientConnection(asyncio.Protocol):
         L = self.L
         rt = L.runtime
         snap = rt.snapshot
-        if rt.connections_open.get(L.name, 0) >= snap.config.limits.max_connections:
-            rt.refused_connection(L.name, "connection_limit")
+        if not rt.admit(L.name):
             # Refused at once: an RST costs the client nothing and frees the slot now.
             cast(asyncio.Transport, transport).abort()
             return
         self.accepted = True
-        rt.connections_open[L.name] = rt.connections_open.get(L.name, 0) + 1
         L.connections.add(self)
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
