@@ -300,3 +300,39 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.02) ->
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+# -- benchmark smoke runs ------------------------------------------------------------------
+
+
+def run_bench_module(module: str, args: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``python -m <module> <args>`` from the repo in its own process group, so that
+    whatever happens everything it started can be stopped (SIGTERM makes the bench tools
+    stop their children before exiting). Returns the exit code and the combined output."""
+    proc = subprocess.Popen(
+        [PY, "-m", module, *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return proc.returncode, output
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

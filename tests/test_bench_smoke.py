@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import group_alive, run_bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"
@@ -35,38 +35,6 @@ def _gateway_runs() -> bool:
     return done.returncode == 0
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _run_harness(args: list[str]) -> tuple[int, str]:
-    # Its own process group, so that whatever happens here the harness can be stopped;
-    # SIGTERM makes it stop its children (each in a group of its own) before exiting.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.harness", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
-    try:
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    return proc.returncode, output
-
-
 def test_harness_smoke(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (scripts/ensure-apt.sh wrk:wrk)")
@@ -77,7 +45,9 @@ def test_harness_smoke(tmp_path: Path) -> None:
         systems = ["nginx", "aiohttp-floor"] if have_nginx else ["aiohttp-floor"]
     out = tmp_path / "results"
 
-    code, output = _run_harness(["--smoke", "--systems", ",".join(systems), "--out", str(out)])
+    code, output = run_bench_module(
+        "bench.harness", ["--smoke", "--systems", ",".join(systems), "--out", str(out)], 240
+    )
 
     assert code == 0, output
     results: dict[str, Any] = json.loads((out / "latest.json").read_text())
@@ -106,5 +76,5 @@ def test_harness_smoke(tmp_path: Path) -> None:
     # Every child (and anything it forked) is gone once the harness has returned.
     pids = [s["pid"] for s in results["systems"].values() if s["pid"]]
     pids += [results["upstream"]["pid"]] if results["upstream"].get("pid") else []
-    leftovers = [pid for pid in pids if _group_alive(pid)]
+    leftovers = [pid for pid in pids if group_alive(pid)]
     assert not leftovers, f"process groups still alive: {leftovers}"

@@ -11,14 +11,12 @@ every run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import group_alive, run_bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 # bench/ is not an installed package: importable from the repository root only, which
@@ -99,39 +97,12 @@ def test_registry_judges_late_when_the_version_arrives() -> None:
     assert split_host("Pay.Acme.com.:8443").forwarded == "pay.acme.com:8443"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_locust_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    # Its own process group: whatever happens, everything it started can be stopped.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.locust_run", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    assert proc.returncode == 0, output
+    code, output = run_bench_module("bench.locust_run", ["--smoke", "--out", str(out)], 180)
+    assert code == 0, output
     doc: dict[str, Any] = json.loads((out / "locust-latest.json").read_text())
     result = doc["scenarios"]["standard"]
     checks = result["checks"]
@@ -149,5 +120,5 @@ def test_locust_smoke(tmp_path: Path) -> None:
     assert checks["versions_seen"] > MIN_CHANGES, "the changes never served a request"
     assert result["gateway_reloads"]["failure"] == 0
     assert (out / "locust-standard_stats.csv").exists()
-    leftovers = [pid for pid in result["pids"] if _group_alive(pid)]
+    leftovers = [pid for pid in result["pids"] if group_alive(pid)]
     assert not leftovers, f"process groups still alive: {leftovers}"

@@ -6,51 +6,19 @@ issue 3 asks for a benchmark, not a timed test."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from support import group_alive, run_bench_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_reload_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    # Its own process group, so that whatever happens everything it started can be stopped.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.reload_bench", "--quick", "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    assert proc.returncode == 0, output
+    code, output = run_bench_module("bench.reload_bench", ["--quick", "--out", str(out)], 180)
+    assert code == 0, output
     results: dict[str, Any] = json.loads((out / "reload-latest.json").read_text())
     stamped = [p for p in out.glob("reload-*.json") if p.name != "reload-latest.json"]
     assert len(stamped) == 1
@@ -82,5 +50,5 @@ def test_reload_bench_quick(tmp_path: Path) -> None:
     # Every child (and anything it forked) is gone once the bench has returned.
     pids = list(results["pids"].values())
     assert len(pids) == 2 and all(pids), results["pids"]
-    leftovers = [pid for pid in pids if _group_alive(pid)]
+    leftovers = [pid for pid in pids if group_alive(pid)]
     assert not leftovers, f"process groups still alive: {leftovers}"
