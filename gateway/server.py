@@ -27,7 +27,14 @@ from gateway.policy import Decision, EnvPolicy
 from gateway.proxy import BodyTooLarge, ClientBodyError, Forwarder, client_address, upstream_headers
 from gateway.responses import new_request_id, refusal_text
 from gateway.runtime import Runtime
-from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, printable, sni_matches
+from gateway.wire import (
+    DISCARD_LIMIT,
+    SNI_ATTR,
+    open_listener,
+    origin_form,
+    printable,
+    sni_matches,
+)
 
 log = logging.getLogger("gateway.server")
 
@@ -540,7 +547,6 @@ class AiohttpEngine:
         sockets: dict[str, socket.socket] | None = None,
     ) -> None:
         await self.forwarder.start()
-        loop = asyncio.get_running_loop()
         cfg = self.runtime.snapshot.config
         for name, bind in binds.items():
             engine = ListenerEngine(name, self.runtime, self.forwarder, self.access_log)
@@ -555,16 +561,10 @@ class AiohttpEngine:
                 auto_decompress=False,
             )
             self._servers[name] = server
-            ctx = (ssl_contexts or {}).get(name)
-            if sockets and name in sockets:
-                srv = await loop.create_server(server, sock=sockets[name], ssl=ctx, backlog=1024)
-            else:
-                srv = await loop.create_server(
-                    server, bind.host, bind.port, ssl=ctx, backlog=1024, reuse_address=True
-                )
+            srv, self.addresses[name] = await open_listener(
+                server, bind, (ssl_contexts or {}).get(name), (sockets or {}).get(name)
+            )
             self._listening.append(srv)
-            sockname = srv.sockets[0].getsockname()
-            self.addresses[name] = (sockname[0], sockname[1])
         self.runtime.listeners_up = True
 
     async def close_listeners(self) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+import ssl
+from collections.abc import Callable
 
 import aiohttp.http_parser as _py_parser
+
+from gateway.config import Bind
 
 # A refused request's body is drained up to this much so the connection can be kept;
 # beyond it the connection is closed (the body is never parsed as a next request).
@@ -54,3 +60,22 @@ def origin_form(target: str) -> str:
     if slash == -1 or (query != -1 and query < slash):
         return "/" + (rest[query:] if query != -1 else "")
     return rest[slash:]
+
+
+async def open_listener(
+    factory: Callable[[], asyncio.BaseProtocol],
+    bind: Bind,
+    ctx: ssl.SSLContext | None,
+    sock: socket.socket | None,
+) -> tuple[asyncio.AbstractServer, tuple[str, int]]:
+    """Listen for one listener: on the socket a supervisor handed down, or on its bind.
+    Returns the server and the address it really listens on (port 0 in tests)."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        srv = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=1024)
+    else:
+        srv = await loop.create_server(
+            factory, bind.host, bind.port, ssl=ctx, backlog=1024, reuse_address=True
+        )
+    sockname = srv.sockets[0].getsockname()
+    return srv, (sockname[0], sockname[1])

@@ -15,6 +15,7 @@ from gateway.fast.prebuilt import DateLine, RequestIds
 from gateway.fast.protocol import ClientConnection, Listener
 from gateway.fast.upstream import UpstreamPools
 from gateway.runtime import Runtime
+from gateway.wire import open_listener
 
 # How often the forwards waiting on an upstream are checked for their timeouts: a read
 # timeout fires between read_s and read_s + TICK_S (nginx's timer resolution is 1 ms, but
@@ -59,16 +60,10 @@ class FastEngine:
             def factory(listener: Listener = listener) -> ClientConnection:
                 return ClientConnection(listener)
 
-            ctx = (ssl_contexts or {}).get(name)
-            if sockets and name in sockets:
-                srv = await loop.create_server(factory, sock=sockets[name], ssl=ctx, backlog=1024)
-            else:
-                srv = await loop.create_server(
-                    factory, bind.host, bind.port, ssl=ctx, backlog=1024, reuse_address=True
-                )
+            srv, self.addresses[name] = await open_listener(
+                factory, bind, (ssl_contexts or {}).get(name), (sockets or {}).get(name)
+            )
             self._listening.append(srv)
-            sockname = srv.sockets[0].getsockname()
-            self.addresses[name] = (sockname[0], sockname[1])
         self.runtime.listeners_up = True
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
