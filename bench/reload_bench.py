@@ -289,6 +289,7 @@ class Options:
     pin: bool
     out: Path
     quick: bool
+    keep: bool = False
 
 
 @dataclass
@@ -722,6 +723,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument(
+        "--keep", action="store_true", help="keep the run directory (gateway log, configs)"
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a few seconds: 5000 entries, 1 s interval, 3 s phases, 300 req/s (smoke test)",
@@ -752,6 +756,7 @@ def parse_args(argv: list[str] | None) -> Options:
         pin=not a.no_pin,
         out=a.out,
         quick=a.quick,
+        keep=a.keep,
     )
 
 
@@ -804,7 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if opts.keep:
+            say(f"kept the run directory {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
     results: dict[str, Any] = {
         "benchmark": "reload",
         "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -9,13 +9,15 @@ wildcard, found by walking the host's own labels (at most 127), never the list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from gateway import hosts
 from gateway.config import Config, Environment, LoadedConfig, Upstream, listeners_of
 from gateway.counters import Counters
+from gateway.steps import Steps, drive
 
 Action = Literal["forward", "refuse"]
 ALLOWED = "gateway_requests_allowed_total"
@@ -74,7 +76,7 @@ class EnvPolicy:
     ported: frozenset[str]  # "host:port" entries
     wildcards: frozenset[str]  # wildcard suffixes, without "*."
     candidate: tuple[frozenset[str], frozenset[str], frozenset[str]] | None
-    entries: tuple[hosts.Entry, ...]
+    entries: hosts.EntryList
 
     @property
     def entry_count(self) -> int:
@@ -103,6 +105,19 @@ class Match:
     match: str  # hostname | endpoint | wildcard
 
 
+V = TypeVar("V")
+MAP_CHUNK = 2000  # keys added to a map between two yields to the loop (about 0.2 ms)
+
+
+def fill(target: dict[str, V], keys: Iterable[str], value: V) -> Steps[None]:
+    """``target.update(dict.fromkeys(keys, value))`` in chunks, so a reload building a
+    100,000-key map gives the event loop back every few thousand keys."""
+    it = iter(keys)
+    while chunk := dict.fromkeys(itertools.islice(it, MAP_CHUNK), value):
+        target.update(chunk)
+        yield
+
+
 class Router:
     """host -> environment for one listener, with nginx's precedence.
 
@@ -119,15 +134,18 @@ class Router:
         self.wild: dict[str, Match] = {}
 
     def add(self, env: EnvPolicy, use_candidate: bool) -> None:
+        drive(self.add_steps(env, use_candidate))
+
+    def add_steps(self, env: EnvPolicy, use_candidate: bool) -> Steps[None]:
         exact_set, ported_set, wild_set = (
             env.candidate
             if use_candidate and env.candidate
             else (env.exact, env.ported, env.wildcards)
         )
-        self.exact.update(dict.fromkeys(exact_set, Match(env, "endpoint")))
+        yield from fill(self.exact, exact_set, Match(env, "endpoint"))
         self.exact[env.hostname.host] = Match(env, "hostname")
-        self.ported.update(dict.fromkeys(ported_set, Match(env, "endpoint")))
-        self.wild.update(dict.fromkeys(wild_set, Match(env, "wildcard")))
+        yield from fill(self.ported, ported_set, Match(env, "endpoint"))
+        yield from fill(self.wild, wild_set, Match(env, "wildcard"))
 
     def lookup(self, auth: hosts.Authority) -> Match | None:
         # lookup_rule() without building the rule text: this one is on the request path.
@@ -216,6 +234,42 @@ class ListenerPolicy:
         top_blocked: BlockedSpec,
         proxy_protocol: bool = False,
     ) -> None:
+        drive(
+            self._setup(
+                name, envs, default_env, tls, health_path, counters, top_blocked, proxy_protocol
+            )
+        )
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        envs: Sequence[EnvPolicy],
+        default_env: EnvPolicy | None,
+        tls: bool,
+        health_path: str | None,
+        counters: Counters,
+        top_blocked: BlockedSpec,
+        proxy_protocol: bool = False,
+    ) -> Steps[ListenerPolicy]:
+        """The constructor as bounded steps, for reloads on the event loop."""
+        self = cls.__new__(cls)
+        yield from self._setup(
+            name, envs, default_env, tls, health_path, counters, top_blocked, proxy_protocol
+        )
+        return self
+
+    def _setup(
+        self,
+        name: str,
+        envs: Sequence[EnvPolicy],
+        default_env: EnvPolicy | None,
+        tls: bool,
+        health_path: str | None,
+        counters: Counters,
+        top_blocked: BlockedSpec,
+        proxy_protocol: bool,
+    ) -> Steps[None]:
         self.name = name
         self.proxy_protocol = proxy_protocol
         self.top_blocked = top_blocked
@@ -235,12 +289,12 @@ class ListenerPolicy:
         self._decisions: dict[tuple[str, str, str, str], Decision] = {}
         self.live = Router(self.default_port)
         for env in envs:
-            self.live.add(env, use_candidate=False)
+            yield from self.live.add_steps(env, use_candidate=False)
         self.candidate: Router | None = None
         if any(env.candidate is not None for env in envs):
             self.candidate = Router(self.default_port)
             for env in envs:
-                self.candidate.add(env, use_candidate=True)
+                yield from self.candidate.add_steps(env, use_candidate=True)
         self.refusals = {
             reason: self._refusal(reason, self._label_env_policy()) for reason in REFUSAL_STATUS
         }
@@ -255,31 +309,35 @@ class ListenerPolicy:
         self._recent: dict[str, tuple[Decision, str]] = {}
         # Values are bare decisions: the key itself is the Host to forward, so a hit
         # costs a dict lookup and one small tuple.
-        self.fast: dict[str, Decision] = (
+        self.fast: dict[str, Decision] = yield from (
             self._fast_map() if self.candidate is None else self._fast_map_with_candidates()
         )
 
-    def _fast_map(self) -> dict[str, Decision]:
+    def _fast_map(self) -> Steps[dict[str, Decision]]:
         """Every canonical key, decided from the environments' sets in bulk
         (``dict.fromkeys`` runs in C): a 100,000-entry reload builds this in milliseconds.
         The order of the updates is the lookup's precedence: the hostname over an equal
         entry, and a ``host:port`` entry on the default port over the bare host."""
         fast: dict[str, Decision] = {}
         for env in self.envs:
-            fast.update(dict.fromkeys(env.exact, self._forward(env, "endpoint", "")))
+            yield from fill(fast, env.exact, self._forward(env, "endpoint", ""))
             fast[env.hostname.host] = self._forward(env, "hostname", "")
         default = f":{self.default_port}"
         for env in self.envs:
             decision = self._forward(env, "endpoint", "")
-            for hp in env.ported:
+            for k, hp in enumerate(env.ported, 1):
                 fast[hp[: -len(default)] if hp.endswith(default) else hp] = decision
+                if k % MAP_CHUNK == 0:
+                    yield
         return fast
 
-    def _fast_map_with_candidates(self) -> dict[str, Decision]:
+    def _fast_map_with_candidates(self) -> Steps[dict[str, Decision]]:
         # Disagreements depend on each host's candidate lookup: decide entry by entry.
         fast: dict[str, Decision] = {}
         for env in self.envs:
-            for entry in (env.hostname, *env.entries):
+            for k, entry in enumerate(itertools.chain((env.hostname,), env.entries), 1):
+                if k % (MAP_CHUNK // 20) == 0:
+                    yield
                 if entry.kind == "wildcard":
                     continue
                 auth = hosts.Authority(entry.host, entry.port, entry.kind)
@@ -499,19 +557,22 @@ class Snapshot:
 
 
 def _split(
-    entries: Sequence[hosts.Entry], hostname: hosts.Entry | None
-) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    exact, ported, wild = set(), set(), set()
-    if hostname is not None:
-        exact.add(hostname.host)
-    for e in entries:
+    entries: hosts.EntryList, hostname: hosts.Entry | None
+) -> Steps[tuple[frozenset[str], frozenset[str], frozenset[str]]]:
+    names, ported, special = entries.split()
+    yield
+    exact_more = [hostname.host] if hostname is not None else []
+    wild: list[str] = []
+    for e in special:
         if e.kind == "wildcard":
-            wild.add(e.host)
+            wild.append(e.host)
         elif e.port is None:
-            exact.add(e.host)
+            exact_more.append(e.host)
         else:
-            ported.add(f"{e.host}:{e.port}")
-    return frozenset(exact), frozenset(ported), frozenset(wild)
+            ported.append(f"{e.host}:{e.port}")
+    exact = frozenset(itertools.chain(names, exact_more))  # one copy of a large list
+    yield
+    return exact, frozenset(ported), frozenset(wild)
 
 
 def _reused(env: Environment, loaded: LoadedConfig, previous: Snapshot | None) -> EnvPolicy | None:
@@ -525,13 +586,13 @@ def _reused(env: Environment, loaded: LoadedConfig, previous: Snapshot | None) -
     return previous.envs[env.name] if old_env == env else None
 
 
-def _env_policy(env: Environment, loaded: LoadedConfig) -> EnvPolicy:
+def _env_policy(env: Environment, loaded: LoadedConfig) -> Steps[EnvPolicy]:
     cfg = loaded.config
     br = env.blocked_response or cfg.blocked_response
     hostname = loaded.hostnames[env.name]
-    exact, ported, wild = _split(loaded.entries[env.name], hostname)
+    exact, ported, wild = yield from _split(loaded.entries[env.name], hostname)
     cand_entries = loaded.candidates[env.name]
-    candidate = _split(cand_entries, hostname) if cand_entries is not None else None
+    candidate = (yield from _split(cand_entries, hostname)) if cand_entries is not None else None
     limits, timeouts = env.limits, env.timeouts
     return EnvPolicy(
         name=env.name,
@@ -571,17 +632,29 @@ def compile_config(
 
     With ``previous`` (the snapshot in force), an environment whose section and the
     top-level defaults it inherits are unchanged keeps its compiled sets."""
-    envs = {
-        env.name: _reused(env, loaded, previous) or _env_policy(env, loaded)
-        for env in loaded.config.environments
-    }
+    return drive(compile_steps(loaded, counters, listen, previous))
+
+
+def compile_steps(
+    loaded: LoadedConfig,
+    counters: Counters,
+    listen: str = "0.0.0.0:8080",
+    previous: Snapshot | None = None,
+) -> Steps[Snapshot]:
+    """``compile_config`` as bounded steps (one environment or listener each), so that a
+    reload can run it on the event loop between requests (gateway/steps.py)."""
+    envs: dict[str, EnvPolicy] = {}
+    for section in loaded.config.environments:
+        reused = _reused(section, loaded, previous)
+        envs[section.name] = reused or (yield from _env_policy(section, loaded))
+        yield
     listeners: dict[str, ListenerPolicy] = {}
     binds: dict[str, str] = {}
     for lst in listeners_of(loaded.config, listen):
         members = [envs[n] for n in lst.environments]
         default = envs[lst.default_environment] if lst.default_environment else None
         top = loaded.config.blocked_response
-        policy = ListenerPolicy(
+        policy = yield from ListenerPolicy.build(
             lst.name,
             members,
             default,
@@ -598,4 +671,5 @@ def compile_config(
         counters.slot(BLOCKED, (lst.name, policy.label_env, "unknown_host"))
         listeners[lst.name] = policy
         binds[lst.name] = lst.bind
+        yield
     return Snapshot(loaded=loaded, envs=envs, listeners=listeners, binds=binds)

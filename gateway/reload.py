@@ -4,10 +4,11 @@ Every way a file gets replaced ends in the same place: an event (or the periodic
 check, for file systems where inotify events never arrive, such as NFS) asks for a reload;
 the file is read until two reads a moment apart agree (an editor that truncates and then
 writes must not have its half-written file applied); the bytes are parsed, validated and
-compiled in a thread; the loop then rebinds one reference. Any failure leaves the last
-good snapshot serving. Watching the directory rather than the file follows renames over
-the file and Kubernetes' ConfigMap mounts, where ``FILE -> ..data/FILE`` and ``..data`` is
-a symlink swapped by rename.
+compiled on the loop in slices of about a millisecond (gateway/steps.py says why not in a
+thread), so requests keep being served meanwhile; then one reference is rebound. Any
+failure leaves the last good snapshot serving. Watching the directory rather than the
+file follows renames over the file and Kubernetes' ConfigMap mounts, where
+``FILE -> ..data/FILE`` and ``..data`` is a symlink swapped by rename.
 """
 
 from __future__ import annotations
@@ -15,23 +16,28 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import itertools
 import logging
+import operator
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from gateway.config import MAX_CONFIG_BYTES, ConfigError, LoadedConfig, listeners_of, load_bytes
-from gateway.policy import Snapshot, compile_config
+from gateway.config import MAX_CONFIG_BYTES, ConfigError, LoadedConfig, listeners_of, load_steps
+from gateway.policy import Snapshot, compile_steps
 from gateway.runtime import Runtime
+from gateway.steps import Steps, drive
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway.reload")
 
 SETTLE_S = 0.1  # two reads this far apart must agree before a file is trusted
 SETTLE_MAX_S = 3.0
 POLL_S = 2.0  # the safety-net content check
-RELOAD_SWITCH_INTERVAL_S = 0.0005
+SLICE_S = 0.00025  # while a reload compiles, the loop serves requests at least this often
 
 
 class ReloadError(Exception):
@@ -47,13 +53,68 @@ class ReloadResult:
     seconds: float
 
 
+@dataclass(slots=True)
+class SliceStats:
+    """How a reload shared the loop: for the log, and to find a step that grew too long."""
+
+    yields: int = 0
+    longest_step_s: float = 0.0
+    longest_step_at: str = ""
+
+
+def _where(steps: Steps[object]) -> str:
+    # The innermost generator running: the function whose step took the time.
+    g: object = steps
+    at = ""
+    while g is not None and getattr(g, "gi_frame", None) is not None:
+        at = f"{g.gi_code.co_name}:{g.gi_frame.f_lineno}"  # type: ignore[attr-defined]
+        g = getattr(g, "gi_yieldfrom", None)
+    return at
+
+
+async def drive_on_loop(
+    steps: Steps[T], stats: SliceStats | None = None, slice_s: float = SLICE_S
+) -> T:
+    """Run ``steps`` on the running loop, giving it back whenever ``slice_s`` has passed:
+    requests wait at most about one slice (plus the longest single step) for a reload."""
+    clock = time.perf_counter
+    stats = stats if stats is not None else SliceStats()
+    deadline = clock() + slice_s
+    while True:
+        t0 = clock()
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        now = clock()
+        if now - t0 > stats.longest_step_s:
+            stats.longest_step_s = now - t0
+            stats.longest_step_at = _where(steps)
+        if now >= deadline:
+            await asyncio.sleep(0)
+            stats.yields += 1
+            deadline = clock() + slice_s
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read(MAX_CONFIG_BYTES + 1)
 
 
+def _read_hashed(path: str) -> tuple[bytes, str]:
+    # Called in a thread: hashlib lets go of the GIL while it hashes megabytes.
+    raw = _read(path)
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
 def diff_snapshots(old: Snapshot, new: Snapshot) -> list[str]:
     """What changed, per environment, in words an operator reads in a log."""
+    return drive(diff_steps(old, new))
+
+
+def diff_steps(old: Snapshot, new: Snapshot) -> Steps[list[str]]:
+    """``diff_snapshots`` one environment per step (whole lists may have changed)."""
     lines = []
     for name in sorted(set(old.envs) | set(new.envs)):
         a, b = old.envs.get(name), new.envs.get(name)
@@ -64,30 +125,50 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> list[str]:
             lines.append(f"environment {name}: removed")
             continue
         ta, tb = old.loaded.entry_texts[name], new.loaded.entry_texts[name]
-        added, removed = (sorted(tb - ta), sorted(ta - tb)) if ta is not tb else ([], [])
-        if added:
-            lines.append(f"environment {name}: added {_short(added)}")
-        if removed:
-            lines.append(f"environment {name}: removed {_short(removed)}")
+        if ta is not tb:
+            added, added_sample = yield from _missing(tb, ta)
+            if added:
+                lines.append(f"environment {name}: added {_short(added, added_sample)}")
+            removed, removed_sample = yield from _missing(ta, tb)
+            if removed:
+                lines.append(f"environment {name}: removed {_short(removed, removed_sample)}")
         if a.enforcement != b.enforcement:
             lines.append(f"environment {name}: enforcement {a.enforcement} -> {b.enforcement}")
         ca, cb = old.loaded.candidates[name], new.loaded.candidates[name]
         if (ca is None) != (cb is None) or (
-            ca is not None and cb is not None and {e.text for e in ca} != {e.text for e in cb}
+            ca is not None and cb is not None and set(ca.texts) != set(cb.texts)
         ):
             lines.append(f"environment {name}: candidate list changed")
     return lines
 
 
-def _short(items: list[str], limit: int = 20) -> str:
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
+DIFF_CHUNK = 4000
+SAMPLE = 20
+
+
+def _missing(a: frozenset[str], b: frozenset[str]) -> Steps[tuple[int, list[str]]]:
+    """How many of ``a`` are not in ``b``, and up to SAMPLE of them: set lookups in C, a
+    few thousand per step (a whole 100,000-entry difference is milliseconds in one go)."""
+    count = 0
+    sample: list[str] = []
+    it = iter(a)
+    while chunk := list(itertools.islice(it, DIFF_CHUNK)):
+        absent = list(itertools.compress(chunk, map(operator.not_, map(b.__contains__, chunk))))
+        count += len(absent)
+        sample.extend(absent[: SAMPLE - len(sample)])
+        yield
+    return count, sample
+
+
+def _short(count: int, sample: list[str]) -> str:
+    # When a whole list changed, a sample (sorted) rather than a sort of 100,000 names.
+    shown = ", ".join(sorted(sample))
+    return shown if count <= len(sample) else f"{shown} and {count - len(sample)} more"
 
 
 class LoopStallMonitor:
     """Measures the longest time the event loop could not run a timer during a reload:
-    the cost a reload imposes on requests (the GIL is shared with the compile thread)."""
+    the cost a reload imposes on requests (its longest slice of work, see SLICE_S)."""
 
     TICK_S = 0.002
 
@@ -121,6 +202,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_result: list[Callable[[ReloadResult], None]] = []
+        self.last_slices = SliceStats()
 
     def start(self, watch: bool = True) -> None:
         """Start reloading on trigger(); with ``watch`` also on file changes."""
@@ -159,24 +241,29 @@ class Reloader:
             if result.changed:
                 self.runtime.last_reload_stall_s = stall
                 self.runtime.last_reload_duration_s = result.seconds
+                sl = self.last_slices
                 log.info(
-                    "reload took %.3fs; longest event-loop stall meanwhile %.1f ms",
+                    "reload took %.3fs; longest event-loop stall meanwhile %.1f ms; "
+                    "the loop served requests %d times between steps, longest step "
+                    "%.1f ms (%s)",
                     result.seconds,
                     stall * 1000,
+                    sl.yields,
+                    sl.longest_step_s * 1000,
+                    sl.longest_step_at,
                 )
             return result
 
     async def _reload(self, settle: bool, force: bool) -> ReloadResult:
         t0 = time.perf_counter()
         try:
-            raw = await asyncio.to_thread(_read, self.path)
+            raw, sha = await asyncio.to_thread(_read_hashed, self.path)
             # Settle only bytes that would change something: an event for a file already
             # in force (our own write, a touch) must not hold the lock for the settle time.
-            if settle and hashlib.sha256(raw).hexdigest() != self.runtime.snapshot.sha256:
-                raw = await asyncio.to_thread(self._read_settled, self.path)
+            if settle and sha != self.runtime.snapshot.sha256:
+                raw, sha = await asyncio.to_thread(self._read_settled, self.path)
         except OSError as exc:
             return self._fail(f"cannot read {self.path}: {exc.strerror or exc}", t0)
-        sha = hashlib.sha256(raw).hexdigest()
         if sha == self.runtime.snapshot.sha256 and not force:
             self._last_bytes_sha = sha
             if not self.runtime.last_reload_ok:
@@ -189,26 +276,20 @@ class Reloader:
         self._last_bytes_sha = sha
         old = self.runtime.snapshot
         # Compiling a large list allocates hundreds of thousands of objects; the cyclic GC
-        # would then run full collections over all of them while holding the GIL, which
-        # stalled the event loop for 60-90 ms at 100,000 entries (12 ms without). So the
-        # collector is paused while the snapshot is built, and afterwards the snapshot is
-        # moved to the permanent generation (gc.freeze, as Instagram does for its
-        # long-lived data): it is acyclic, so refcounting still frees it when replaced.
+        # would then run full collections over them in the middle of a slice, stalling the
+        # event loop for 60-90 ms at 100,000 entries. So the collector is paused while the
+        # snapshot is built, and afterwards the snapshot is moved to the permanent
+        # generation (gc.freeze, as Instagram does for its long-lived data): it is acyclic,
+        # so refcounting still frees it when replaced.
         gc.disable()
-        # The event loop releases the GIL at every syscall and must then wait up to the
-        # switch interval (5 ms) for the compile thread to give it back: the "convoy
-        # effect", which made requests queue during a 1 s compile. A short interval while
-        # compiling bounds that wait.
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL_S)
+        slices = SliceStats()
         try:
-            snap, changes = await asyncio.to_thread(self._build, raw, old)
+            snap, changes = await drive_on_loop(self._build(raw, sha, old), slices)
         except ConfigError as exc:
             return self._fail("; ".join(exc.errors), t0)
         except ReloadError as exc:
             return self._fail(str(exc), t0)
         finally:
-            sys.setswitchinterval(switch)
             gc.enable()
         self.runtime.swap(snap)
         del old
@@ -221,13 +302,14 @@ class Reloader:
             dt,
             "; ".join(changes) if changes else "no allowlist change",
         )
+        self.last_slices = slices
         result = ReloadResult(True, True, snap.sha256, "; ".join(changes), dt)
         for cb in self.on_result:
             cb(result)
         return result
 
-    def _build(self, raw: bytes, old: Snapshot) -> tuple[Snapshot, list[str]]:
-        loaded: LoadedConfig = load_bytes(raw, previous=old.loaded)
+    def _build(self, raw: bytes, sha: str, old: Snapshot) -> Steps[tuple[Snapshot, list[str]]]:
+        loaded: LoadedConfig = yield from load_steps(raw, previous=old.loaded, sha256=sha)
         before = {lst.name: lst.bind for lst in listeners_of(old.config, self.runtime.listen)}
         after = {lst.name: lst.bind for lst in listeners_of(loaded.config, self.runtime.listen)}
         if before != after:
@@ -235,21 +317,21 @@ class Reloader:
                 "restart required: the set of listeners or their binds changed "
                 f"({sorted(before.items())} -> {sorted(after.items())}); keeping the old config"
             )
-        # Counter slots are allocated from the live Counters: compile only appends slots,
-        # and appends from this thread never move the slots the loop is incrementing.
-        snap = compile_config(loaded, self.runtime.counters, self.runtime.listen, previous=old)
-        return snap, diff_snapshots(old, snap)
+        snap = yield from compile_steps(
+            loaded, self.runtime.counters, self.runtime.listen, previous=old
+        )
+        return snap, (yield from diff_steps(old, snap))
 
-    def _read_settled(self, path: str) -> bytes:
+    def _read_settled(self, path: str) -> tuple[bytes, str]:
         deadline = time.monotonic() + SETTLE_MAX_S
         raw = _read(path)
         while time.monotonic() < deadline:
             time.sleep(SETTLE_S)
             again = _read(path)
             if again == raw:
-                return raw
+                break
             raw = again
-        return raw
+        return raw, hashlib.sha256(raw).hexdigest()
 
     def _fail(self, message: str, t0: float) -> ReloadResult:
         self.runtime.reload_failed(message)
@@ -291,8 +373,8 @@ class Reloader:
         while True:
             await asyncio.sleep(POLL_S)
             try:
-                raw = await asyncio.to_thread(_read, self.path)
+                _, sha = await asyncio.to_thread(_read_hashed, self.path)
             except OSError:
                 continue
-            if hashlib.sha256(raw).hexdigest() != self._last_bytes_sha:
+            if sha != self._last_bytes_sha:
                 self.trigger()
