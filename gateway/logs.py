@@ -80,17 +80,36 @@ class RefusalLog:
         self.rate, self.burst, self.interval_s = rate, float(burst), interval_s
         self.tokens = float(burst)
         self.last = time.monotonic()
+        # While the bucket is empty: when its next token is due. Until then a line costs a
+        # clock read and a comparison (a flood of refusals is what the limit is for).
+        self.empty_until = 0.0
         self.suppressed = 0
         self.logger = logging.getLogger("gateway.refusals")
 
-    def record(self, message: str, fields: dict[str, Any]) -> None:
+    def take(self) -> bool:
+        """Take one line's token; False, and the line counted as suppressed, when the
+        bucket is empty. For callers that build a line's fields only when it will be
+        written: ``if log.take(): log.write(message, fields)``."""
         now = time.monotonic()
+        if now < self.empty_until:
+            self.suppressed += 1
+            return False
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens < 1.0:
+            # The refill is linear, so it can be skipped until the token it waits for.
+            self.empty_until = now + (1.0 - self.tokens) / self.rate
             self.suppressed += 1
-            return
+            return False
         self.tokens -= 1.0
+        return True
+
+    def record(self, message: str, fields: dict[str, Any]) -> None:
+        if self.take():
+            self.write(message, fields)
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        """Write one line whose token was taken (``take``)."""
         host = fields.get("host")
         if isinstance(host, str) and len(host) > HOST_LOG_CHARS:
             fields["host"] = host[:HOST_LOG_CHARS]

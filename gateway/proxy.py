@@ -153,6 +153,12 @@ class UpstreamStats:
             }
             self.histograms[env] = Histogram()
 
+    def response_slots(self, env: str) -> tuple[list[int], Histogram]:
+        """The counter slots of ``env``'s responses (1xx..5xx) and its latency histogram,
+        for an engine that counts a response with two increments on its hot path."""
+        self._env(env)
+        return self._code_slots[env], self.histograms[env]
+
     def response(self, env: str, status: int, seconds: float) -> None:
         self._env(env)
         klass = min(max(status // 100, 1), 5)

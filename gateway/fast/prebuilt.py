@@ -27,6 +27,8 @@ _PLACEHOLDER = "\x00" * _RID_LEN
 # persistent unless told otherwise, HTTP/1.0 only when told so.
 KEEP_11, KEEP_10, CLOSE = 0, 1, 2
 CONNECTION_LINE = (b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n")
+# The same, with the blank line that ends a head.
+CONNECTION_END = tuple(line + b"\r\n" for line in CONNECTION_LINE)
 
 
 _STATUS_LINES: dict[tuple[int, str | None], bytes] = {}

@@ -344,9 +344,70 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # A bug must not leave a connection hanging: as server.ListenerEngine answers an
-        # exception in its handler with "502 gateway error" and logs it.
+        # exception in its handler with "502 gateway error" and logs it. (The body is
+        # _data_received's, inline: one Python call less per read.)
         try:
-            self._data_received(data)
+            if self.proxy_buf is not None:
+                data = self._proxy_header(data)
+                if not data:
+                    return
+            if self.parser is None:
+                self.parser = self.L.new_parser()
+            tunnel = self.tunnel
+            if tunnel is not None:
+                tunnel.client_data(data)
+                return
+            if self.closing or self.dead:
+                return
+            if self.upgrade_tail is not None:
+                # An upgrade request awaits its answer: what follows is not HTTP/1.1.
+                self.upgrade_tail += data
+                if len(self.upgrade_tail) > HOLD_LIMIT:
+                    self._pause(P_WAIT)
+                return
+            self.idle = False
+            end = data.find(HEADER_SEP)
+            if (end < 0 or end + 4 >= len(data)) and not PYTHON_PARSER:
+                # At most one header block, at the end: one feed (_parse, inline).
+                exc: BaseException | None = None
+                try:
+                    messages, upgraded, tail = self.parser.feed_data(data)
+                except Exception as error:
+                    messages, upgraded, tail, exc = (), False, b"", error
+            else:
+                messages, exc, upgraded, tail = self._parse(data)
+            if self.discarding is not None:
+                self._discard()
+            cur = self.current
+            if cur is not None and cur.body_open:
+                cur.pump_body()
+            if upgraded:
+                self.upgrade_tail = tail
+            # The header deadline, as server._Handler: a whole header block arrived, or an
+            # idle keep-alive connection received the start of its next request.
+            if messages:
+                self.deadline_at = 0.0
+                self.request_count += len(messages)
+                last = messages[-1]
+                # Kept only while its body may still be arriving (_parse_failed needs it).
+                self.last_item = last if last[1] is not EMPTY_PAYLOAD else None
+                if (
+                    exc is None
+                    and len(messages) == 1
+                    and cur is None
+                    and not self.queue
+                    and not self.write_paused
+                ):
+                    # The common read: one request, nothing before it owed an answer.
+                    self._handle(last[0], last[1])
+                    return
+                self._enqueue(messages)
+            elif self.handled >= self.request_count and not upgraded:
+                self._arm_deadline()
+            if exc is not None:
+                self._parse_failed(exc)
+            if self.queue:
+                self._pump_queue()
         except Exception:
             self.internal_error()
 
@@ -359,70 +420,6 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         else:
             self._abort()
-
-    def _data_received(self, data: bytes) -> None:
-        if self.proxy_buf is not None:
-            data = self._proxy_header(data)
-            if not data:
-                return
-        if self.parser is None:
-            self.parser = self.L.new_parser()
-        tunnel = self.tunnel
-        if tunnel is not None:
-            tunnel.client_data(data)
-            return
-        if self.closing or self.dead:
-            return
-        if self.upgrade_tail is not None:
-            # An upgrade request awaits its answer: what follows is not HTTP/1.1.
-            self.upgrade_tail += data
-            if len(self.upgrade_tail) > HOLD_LIMIT:
-                self._pause(P_WAIT)
-            return
-        self.idle = False
-        end = data.find(HEADER_SEP)
-        if (end < 0 or end + 4 >= len(data)) and not PYTHON_PARSER:
-            # At most one header block, at the end: one feed (_parse, inline).
-            exc: BaseException | None = None
-            try:
-                messages, upgraded, tail = self.parser.feed_data(data)
-            except Exception as error:
-                messages, upgraded, tail, exc = (), False, b"", error
-        else:
-            messages, exc, upgraded, tail = self._parse(data)
-        if self.discarding is not None:
-            self._discard()
-        cur = self.current
-        if cur is not None and cur.body_open:
-            cur.pump_body()
-        if upgraded:
-            self.upgrade_tail = tail
-        # The header deadline, as server._Handler: a whole header block arrived, or an
-        # idle keep-alive connection received the start of its next request.
-        if messages:
-            self.deadline_at = 0.0
-            self.request_count += len(messages)
-            last = messages[-1]
-            # Kept only while its body may still be arriving (_parse_failed needs it).
-            self.last_item = last if last[1] is not EMPTY_PAYLOAD else None
-            if (
-                exc is None
-                and len(messages) == 1
-                and cur is None
-                and not self.queue
-                and not self.write_paused
-            ):
-                # The common read: one request, nothing before it owed an answer.
-                msg, payload = messages[0]
-                self._handle(msg, payload)
-                return
-            self._enqueue(messages)
-        elif self.handled >= self.request_count and not upgraded:
-            self._arm_deadline()
-        if exc is not None:
-            self._parse_failed(exc)
-        if self.queue:
-            self._pump_queue()
 
     def _parse(self, data: bytes) -> tuple[list[Any], BaseException | None, bool, bytes]:
         """Feed the parser; (messages, error, upgraded, bytes after the upgrade request).
@@ -593,7 +590,7 @@ class ClientConnection(asyncio.Protocol):
             counters[decision.disagreement_slot] += 1
         rid = L.ids.next()
         if decision.action == "refuse" or decision.would_block:
-            self._note_refusal(values, decision, rid, snap.short_sha)
+            self._note_refusal(values, decision, rid, snap)
         if decision.action == "refuse":
             self._refuse(msg, payload, decision, rid, snap)
             return
@@ -611,7 +608,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = fwd
         fwd.start()
 
-    def _note_refusal(self, values: Any, decision: Decision, rid: bytes, sha: str) -> None:
+    def _note_refusal(self, values: Any, decision: Decision, rid: bytes, snap: Snapshot) -> None:
         """server.ListenerEngine._note_refusal: the top blocked hosts and the rate-limited
         refusal log (would-block ones too)."""
         rt = self.L.runtime
@@ -622,16 +619,11 @@ class ClientConnection(asyncio.Protocol):
         if host is not None:
             rt.blocked.add(decision.environment, host, reason, time.time())
         log = rt.refusal_log
-        now = time.monotonic()
-        if log.tokens + (now - log.last) * log.rate < 1.0:
-            # What RefusalLog.record does when its bucket is empty, without first
-            # building the line it would drop: a flood of refusals (the case the rate
-            # limit exists for) must not pay for a dict per request.
-            log.tokens = min(log.burst, log.tokens + (now - log.last) * log.rate)
-            log.last = now
-            log.suppressed += 1
+        if not log.take():
+            # Dropped by the rate limit: a flood of refusals (the case the limit exists
+            # for) does not pay for the line's dict.
             return
-        log.record(
+        log.write(
             "would block (report mode)" if decision.would_block else "refused",
             {
                 "request_id": rid.decode("ascii"),
@@ -640,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
                 "reason": reason,
                 "host": host,
                 "client": self.client_addr or self.peer_ip,
-                "config": sha,
+                "config": snap.short_sha,
             },
         )
 
@@ -719,7 +711,9 @@ class ClientConnection(asyncio.Protocol):
         elif self.discarding is None and self.current is None:
             if self.paused & P_PIPELINE:
                 self._resume(P_PIPELINE)
-            self._become_idle()
+            # _become_idle, inline (every keep-alive response ends here).
+            self.idle = True
+            self.idle_since = self.loop.time()
 
     def _become_idle(self) -> None:
         self.idle = True
@@ -900,7 +894,14 @@ class Forward:
         self.held: bytes | None = None
         self.status = 0
         self.out = OUT_NONE
-        self.mode = client.mode_for(msg)
+        # ClientConnection.mode_for, inline.
+        self.mode = (
+            CLOSE
+            if msg.should_close or client.L.draining
+            else KEEP_10
+            if msg.version.minor == 0
+            else KEEP_11
+        )
         self.activity = 0.0
         self.started = 0.0
         self.done = False
@@ -912,33 +913,10 @@ class Forward:
     def start(self) -> None:
         L = self.L
         msg = self.msg
+        client = self.client
         L.runtime.in_flight[L.name] += 1
         self.started = now = L.loop.time()
-        if self.body_open:
-            self.cl = content_length(msg)
-            # A client that sent "Expect: 100-continue" waits for this before sending its
-            # body: the decision is made, so ask for it now rather than let its timer run.
-            if msg.headers.get("Expect", "").lower() == "100-continue":
-                self.client.write(prebuilt.CONTINUE)
-        self.head = self._request_head()
-        route = self.route = L.pools.route(self.env)
-        if route.single:
-            self.order = ONLY_FIRST
-            idle = route.idle[0]
-            while idle:  # UpstreamPools.checkout, inline on the hot path
-                conn = idle.pop()
-                transport = conn.transport
-                if not conn.closed and transport is not None and not transport.is_closing():
-                    self.next_i = 1
-                    self._attach(conn, True, now)
-                    return
-        else:
-            self.order = route.pool.order(now)
-        self._next_upstream()
-
-    def _request_head(self) -> bytes:
-        msg = self.msg
-        client = self.client
+        # The head sent upstream (proxy.upstream_headers's rules, headers.request_head).
         peer = client.client_addr or client.peer_ip
         trusted = self.snap.loaded.trusted_proxies
         # client_address() returns the peer for both unless a trusted proxy sent XFF:
@@ -949,8 +927,13 @@ class Forward:
             else peer
         )
         if self.body_open:
-            if self.cl is not None:
-                framing = b"Content-Length: %d\r\n" % self.cl
+            cl = self.cl = content_length(msg)
+            # A client that sent "Expect: 100-continue" waits for this before sending its
+            # body: the decision is made, so ask for it now rather than let its timer run.
+            if msg.headers.get("Expect", "").lower() == "100-continue":
+                client.write(prebuilt.CONTINUE)
+            if cl is not None:
+                framing = b"Content-Length: %d\r\n" % cl
             else:
                 self.chunked_up = True
                 framing = b"Transfer-Encoding: chunked\r\n"
@@ -965,9 +948,12 @@ class Forward:
             framing += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade.encode(
                 "utf-8", "surrogateescape"
             )
-        return request_head(
+        target: str = msg.path
+        self.head = request_head(
             self.method.encode("ascii"),
-            origin_form(msg.path).encode("utf-8", "surrogateescape"),
+            (target if target[:1] == "/" else origin_form(target)).encode(
+                "utf-8", "surrogateescape"
+            ),
             msg.raw_headers,
             self.forward_host.encode("ascii"),
             client.peer_b if xff is client.peer_ip else xff.encode("ascii", "replace"),
@@ -975,6 +961,24 @@ class Forward:
             self.rid,
             framing,
         )
+        env = self.env
+        route = L.pools.routes.get(id(env))
+        if route is None or route.env is not env:
+            route = L.pools.route(env)
+        self.route = route
+        if route.single:
+            self.order = ONLY_FIRST
+            idle = route.idle[0]
+            while idle:  # UpstreamPools.checkout, inline on the hot path
+                conn = idle.pop()
+                transport = conn.transport
+                if not conn.closed and transport is not None and not transport.is_closing():
+                    self.next_i = 1
+                    self._attach(conn, True, now)
+                    return
+        else:
+            self.order = route.pool.order(now)
+        self._next_upstream()
 
     def _next_upstream(self) -> None:
         route = self.route
@@ -1173,8 +1177,7 @@ class Forward:
         route = self.route
         assert route is not None
         klass = code // 100
-        klass = 1 if klass < 1 else 5 if klass > 5 else klass
-        L.runtime.counters.values[route.code_slots[klass - 1]] += 1
+        route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
         route.histogram.observe(L.loop.time() - self.started)
         if code == 101:
             if not self.upgrade:
@@ -1185,7 +1188,8 @@ class Forward:
         snap = self.snap
         expose = snap.loaded.config.expose_config_version
         special = RESPONSE_SPECIAL.get
-        lines = [prebuilt.status_line(code, rmsg.reason)[:-2]]
+        # One list of parts and one join: a field costs a lowercase and a dict lookup.
+        parts = [prebuilt.status_line(code, rmsg.reason)]
         has_date = False
         length = None
         for name, value in rmsg.raw_headers:
@@ -1198,34 +1202,33 @@ class Forward:
                     continue
                 if kind == _DATE:
                     has_date = True
-            lines.append(name + b": " + value)
-        lines.append(b"X-Request-ID: " + self.rid)
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         if expose:
-            lines.append(b"X-Gateway-Config: " + snap.short_sha.encode("ascii"))
+            parts += (b"X-Gateway-Config: ", snap.short_sha.encode("ascii"), b"\r\n")
         no_body = self.method == "HEAD" or code in NO_BODY_STATUS
         if length is not None and code not in NO_BODY_STATUS:
-            lines.append(b"Content-Length: %d" % int(length))
+            # llhttp took it as a number, so it is digits: written back without leading
+            # zeros, as the aiohttp engine's writer prints the int (no % formatting: slow).
+            parts += (b"Content-Length: ", length.lstrip(b"0") or b"0", b"\r\n")
             self.out = OUT_NONE if no_body else OUT_LENGTH
         elif no_body:
             self.out = OUT_NONE
         elif self.msg.version.minor >= 1:
-            lines.append(b"Transfer-Encoding: chunked")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
             self.out = OUT_CHUNKED
         else:
             self.out = OUT_EOF  # an HTTP/1.0 client: the body ends when the connection does
             self.mode = CLOSE
         if L.draining:
             self.mode = CLOSE
-        lines.append(b"")
+        if not has_date:
+            parts.append(L.date.line)
+        parts.append(prebuilt.CONNECTION_END[self.mode])
         # Not written yet: _pump_response sends it with the body bytes of the same read,
         # in one write (a small response in two segments costs a syscall, and the client
         # a second read).
-        self.held = (
-            b"\r\n".join(lines)
-            + (b"" if has_date else L.date.line)
-            + prebuilt.CONNECTION_LINE[self.mode]
-            + b"\r\n"
-        )
+        self.held = b"".join(parts)
         self.resp_payload = rpayload
 
     def _pump_response(self) -> None:
@@ -1242,34 +1245,47 @@ class Forward:
         out = self.out
         eof = payload.is_eof()
         client = self.client
-        if data and out != OUT_NONE:
+        transport = client.transport
+        if transport is None or client.closing:
+            pass  # the client is gone: nothing to write (ClientConnection.write)
+        elif data and out != OUT_NONE:
             if out == OUT_CHUNKED:
                 data = b"%x\r\n%s\r\n" % (len(data), data)
                 if eof:
                     data += b"0\r\n\r\n"
             if head is None:
-                client.write(data)
+                transport.write(data)
             elif len(data) < 65536:
-                client.write(head + data)  # one copy of a small body, one send
+                transport.write(head + data)  # one copy of a small body, one send
             else:
-                client.write_parts([head, data])
+                transport.writelines((head, data))
         elif head is not None:
-            client.write(head + b"0\r\n\r\n" if eof and out == OUT_CHUNKED else head)
+            transport.write(head + b"0\r\n\r\n" if eof and out == OUT_CHUNKED else head)
         elif eof and out == OUT_CHUNKED:
-            client.write(b"0\r\n\r\n")
+            transport.write(b"0\r\n\r\n")
         if eof:
             self._response_done()
 
     def _response_done(self) -> None:
         conn = self.conn
-        reusable = (
+        if (
             conn is not None
             and not self.resp.should_close
             and not self.body_open
             and not conn.unsolicited
             and not conn.closed
-        )
-        self._detach(reusable)
+        ):
+            # _detach(reusable=True), inline: the path every kept-alive response takes.
+            self.conn = None
+            conn.user = None
+            client = self.client
+            if conn.write_paused:
+                client._resume(P_UPSTREAM)
+            if client.write_paused and conn.transport is not None:
+                conn.transport.resume_reading()
+            self.L.pools.checkin(conn)
+        else:
+            self._detach(reusable=False)
         self._complete()
 
     def _start_tunnel(self, rmsg: Any) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aiohttp.http_parser import HttpResponseParser
 
 from gateway.config import Upstream
-from gateway.counters import Counters, Histogram
+from gateway.counters import Counters
 from gateway.policy import EnvPolicy
 from gateway.proxy import UpstreamPool, UpstreamStats
 
@@ -180,35 +180,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class Stats(UpstreamStats):
-    """proxy.UpstreamStats (same metrics, same slots), plus what a Route caches so that
-    counting a response is two increments, not a method call per request."""
-
-    def slots(self, env: str) -> tuple[list[int], Histogram]:
-        self._env(env)
-        return self._code_slots[env], self.histograms[env]
-
-
 class Route:
     """An environment's way to its upstreams, cached per EnvPolicy object so a request
     does no hashing of Upstream dataclasses: the round-robin state and, per upstream (in
     the same order), its list of idle connections; and its upstream-response counters."""
 
-    __slots__ = ("code_slots", "env", "histogram", "idle", "pool", "single")
+    __slots__ = ("code_slots", "env", "histogram", "idle", "pool", "single", "values")
 
     def __init__(
         self,
         env: EnvPolicy,
         pool: UpstreamPool,
         idle: list[list[UpstreamConnection]],
-        stats: Stats,
+        stats: UpstreamStats,
+        values: list[int],
     ) -> None:
         self.env = env
         self.pool = pool
         self.idle = idle
         self.single = len(idle) == 1
-        # gateway_upstream_responses_total slots for 1xx..5xx, and the latency histogram.
-        self.code_slots, self.histogram = stats.slots(env.name)
+        # gateway_upstream_responses_total slots for 1xx..5xx, and the latency histogram;
+        # a response is counted as values[code_slots[klass]] += 1 (Counters.values).
+        self.code_slots, self.histogram = stats.response_slots(env.name)
+        self.values = values
 
 
 # UpstreamPool.order() for one upstream, whatever its down state ("all marked down: try
@@ -221,10 +215,13 @@ class UpstreamPools:
     and the upstream metrics (``.stats``, read by ``gateway.app.local_stats``)."""
 
     def __init__(self, counters: Counters) -> None:
-        self.stats = Stats(counters)
+        self.stats = UpstreamStats(counters)
+        self._values = counters.values
         self._rr: dict[tuple[Upstream, ...], UpstreamPool] = {}
         self._idle: dict[Upstream, list[UpstreamConnection]] = {}
-        self._routes: dict[int, Route] = {}
+        # EnvPolicy id -> Route; read on the hot path (protocol.Forward.start), filled by
+        # route().
+        self.routes: dict[int, Route] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -248,12 +245,14 @@ class UpstreamPools:
         return pool
 
     def route(self, env: EnvPolicy) -> Route:
-        route = self._routes.get(id(env))
+        route = self.routes.get(id(env))
         if route is None or route.env is not env:
-            if len(self._routes) >= 1024:
-                self._routes.clear()  # old snapshots' environments: rebuilt on use
+            if len(self.routes) >= 1024:
+                self.routes.clear()  # old snapshots' environments: rebuilt on use
             idle = [self._idle.setdefault(up, []) for up in env.upstreams]
-            route = self._routes[id(env)] = Route(env, self.pool(env), idle, self.stats)
+            route = self.routes[id(env)] = Route(
+                env, self.pool(env), idle, self.stats, self._values
+            )
         return route
 
     # -- idle connections -------------------------------------------------------------------
@@ -279,7 +278,7 @@ class UpstreamPools:
         ):
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = conn.loop.time()
         idle.append(conn)
 
     @staticmethod
