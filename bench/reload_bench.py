@@ -450,6 +450,29 @@ def window_stats(client: TimedPacedClient, records: list[ReloadRecord]) -> dict[
     }
 
 
+def slowest_by_reload(
+    client: TimedPacedClient, records: list[ReloadRecord], share: float = 0.01
+) -> list[dict[str, float | None]]:
+    """Where the slowest ``share`` of requests fell: each one's due time relative to the
+    start of the reload nearest before it, beside that reload's length as the bench saw
+    it. Tells a slow step inside a reload from something after it (freeing the old
+    snapshot, a first request on a new pool) or unrelated to reloads."""
+    starts = sorted((r.window[0], r.window[1]) for r in records if r.ok)
+    pairs = sorted(zip(client.latencies, client.dues, strict=True), reverse=True)
+    out: list[dict[str, float | None]] = []
+    for lat, due in pairs[: max(1, int(len(pairs) * share))]:
+        before = [(a, b) for a, b in starts if a <= due]
+        a, b = before[-1] if before else (None, None)
+        out.append(
+            {
+                "latency_ms": round(lat * 1000, 2),
+                "due_after_reload_start_ms": None if a is None else round((due - a) * 1000, 1),
+                "reload_ms": None if a is None or b is None else round((b - a) * 1000, 1),
+            }
+        )
+    return out
+
+
 async def measure_all(gw: GatewayProcess, variants: list[Variant], opts: Options) -> dict[str, Any]:
     if opts.warmup > 0:
         say(f"warm-up: {opts.warmup:g} s at {opts.rate:,.0f} req/s")
@@ -478,6 +501,7 @@ async def measure_all(gw: GatewayProcess, variants: list[Variant], opts: Options
             **loaded.to_json(),
             **silences(client),
             "reload_windows": window_stats(client, records),
+            "slowest": slowest_by_reload(client, records),
         },
         "reloads": [r.to_json() for r in records],
     }

@@ -107,11 +107,18 @@ class Match:
 
 V = TypeVar("V")
 MAP_CHUNK = 2000  # keys added to a map between two yields to the loop (about 0.2 ms)
+# A set up to this size goes into a map in one step (about 1 ms): dict.fromkeys on a set
+# is presized and reuses the set's hashes, several times cheaper than chunks.
+MAP_AT_ONCE = 25_000
 
 
 def fill(target: dict[str, V], keys: Iterable[str], value: V) -> Steps[None]:
-    """``target.update(dict.fromkeys(keys, value))`` in chunks, so a reload building a
-    100,000-key map gives the event loop back every few thousand keys."""
+    """``target.update(dict.fromkeys(keys, value))``, in chunks for a large iterable, so a
+    reload building a 100,000-key map gives the event loop back every few thousand keys."""
+    if isinstance(keys, set | frozenset) and len(keys) <= MAP_AT_ONCE:
+        target.update(dict.fromkeys(keys, value))
+        yield
+        return
     it = iter(keys)
     while chunk := dict.fromkeys(itertools.islice(it, MAP_CHUNK), value):
         target.update(chunk)
