@@ -123,19 +123,7 @@ def mixed_lists(n: int) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(params=["at once", "chunked"])
-def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test both with sets handled in one step and cut into chunks."""
-    if request.param == "chunked":
-        import gateway.policy
-        import gateway.reload
-
-        monkeypatch.setattr(gateway.policy, "MAP_AT_ONCE", 0)
-        monkeypatch.setattr(gateway.reload, "DIFF_AT_ONCE", 0)
-    return str(request.param)
-
-
-def test_load_and_compile_in_steps_equal_loading_at_once(chunking: str) -> None:
+def test_load_and_compile_in_steps_equal_loading_at_once() -> None:
     raw = config(mixed_lists(5_000))
     at_once = load_bytes(raw)
     steps = load_steps(raw)
@@ -179,7 +167,7 @@ def test_load_and_compile_in_steps_equal_loading_at_once(chunking: str) -> None:
     for host, want in expected.items():
         for lp in (la, lb):
             d = lp.decide([host])[0]
-            assert (d.action, d.environment, d.label) == want, (host, chunking)
+            assert (d.action, d.environment, d.label) == want, host
 
 
 def test_a_reload_from_the_previous_config_equals_a_load_from_scratch() -> None:
@@ -234,7 +222,13 @@ def test_the_loop_runs_between_steps() -> None:
     assert loaded == load_bytes(raw)
 
 
-def test_diff_of_whole_lists_counts_and_samples(chunking: str) -> None:
+@pytest.mark.parametrize("at_once", [20_000, 0])
+def test_diff_of_whole_lists_counts_and_samples(
+    at_once: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.reload
+
+    monkeypatch.setattr(gateway.reload, "DIFF_AT_ONCE", at_once)
     counters = Counters()
     old = compile_config(
         load_bytes(config({"a": [f"h{i}.old.example" for i in range(5_000)]})), counters
