@@ -68,6 +68,31 @@ RESPONSE_SPECIAL = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
     b"x-gateway-config": _CONFIG,
     b"content-length": _LENGTH,  # dropped, then written again as the framing says
 }
+
+
+def _title(name: bytes) -> bytes:
+    return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+# Classifying a field without lowercasing its name first (a bytes object per field): the
+# special names also under their usual spellings, and the usual plain names, as servers
+# send them. Any other spelling is lowercased, then looked up.
+RESPONSE_SPECIAL_SENT = (
+    RESPONSE_SPECIAL
+    | {_title(name): kind for name, kind in RESPONSE_SPECIAL.items()}
+    | {b"X-Request-ID": _DROPPED, b"TE": _DROPPED}
+)
+RESPONSE_PLAIN_SENT = frozenset(
+    {
+        b"Server", b"Content-Type", b"Cache-Control", b"Content-Encoding", b"ETag",
+        b"Last-Modified", b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Accept-Ranges",
+        b"Access-Control-Allow-Origin", b"Content-Language", b"Content-Disposition",
+        b"Strict-Transport-Security", b"X-Content-Type-Options", b"X-Frame-Options",
+        b"Age", b"Pragma", b"Link", b"Content-Security-Policy", b"Referrer-Policy",
+    }
+)  # fmt: skip
+assert not {n.lower() for n in RESPONSE_PLAIN_SENT} & RESPONSE_SPECIAL.keys()
+assert all(RESPONSE_SPECIAL[n.lower()] == k for n, k in RESPONSE_SPECIAL_SENT.items())
 # A refused (or early-answered) request's body is read and dropped for this long before
 # the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
 LINGER_S = 2.0
@@ -1187,13 +1212,16 @@ class Forward:
             return
         snap = self.snap
         expose = snap.loaded.config.expose_config_version
-        special = RESPONSE_SPECIAL.get
-        # One list of parts and one join: a field costs a lowercase and a dict lookup.
+        special = RESPONSE_SPECIAL_SENT.get
+        plain = RESPONSE_PLAIN_SENT
+        # One list of parts and one join; a field usually costs one lookup or two.
         parts = [prebuilt.status_line(code, rmsg.reason)]
         has_date = False
         length = None
         for name, value in rmsg.raw_headers:
-            kind = special(name.lower())
+            kind = special(name)
+            if kind is None and name not in plain:
+                kind = special(name.lower())
             if kind is not None:
                 if kind == _LENGTH:
                     length = value  # llhttp checked it: digits, one value
