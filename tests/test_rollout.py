@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import Upstream, get, metric_sum, running_gateway, wait_until
+from support import Upstream, get, metric_sum, rss_mib, running_gateway, wait_until
 
 from gateway.tokens import entry_for, new_token
 
@@ -203,10 +203,7 @@ def test_a_flood_of_distinct_hosts_keeps_series_and_memory_bounded(
         port, pid = gw.port("public"), gw.proc.popen.pid
 
         def rss_kb() -> int:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-            raise AssertionError
+            return int(rss_mib(pid) * 1024)
 
         def series() -> int:
             with urllib.request.urlopen(gw.admin + "/metrics", timeout=10) as r:
