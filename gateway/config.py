@@ -157,7 +157,7 @@ class LoadedConfig:
     binds: dict[str, Bind]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     notes: tuple[str, ...]  # normalisation notes for lint, each with its path
-    # Canonical texts of each environment's entries (hostname included), for overlap
+    # Canonical texts of each environment's entries (not its hostname), for overlap
     # checks by set intersection.
     entry_texts: dict[str, frozenset[str]]
 

@@ -246,25 +246,6 @@ class ListenerPolicy:
             )
         )
 
-    @classmethod
-    def build(
-        cls,
-        name: str,
-        envs: Sequence[EnvPolicy],
-        default_env: EnvPolicy | None,
-        tls: bool,
-        health_path: str | None,
-        counters: Counters,
-        top_blocked: BlockedSpec,
-        proxy_protocol: bool = False,
-    ) -> Steps[ListenerPolicy]:
-        """The constructor as bounded steps, for reloads on the event loop."""
-        self = cls.__new__(cls)
-        yield from self._setup(
-            name, envs, default_env, tls, health_path, counters, top_blocked, proxy_protocol
-        )
-        return self
-
     def _setup(
         self,
         name: str,
@@ -660,7 +641,9 @@ def compile_steps(
         members = [envs[n] for n in lst.environments]
         default = envs[lst.default_environment] if lst.default_environment else None
         top = loaded.config.blocked_response
-        policy = yield from ListenerPolicy.build(
+        # The constructor's work as steps: same object, built between requests.
+        policy = ListenerPolicy.__new__(ListenerPolicy)
+        yield from policy._setup(
             lst.name,
             members,
             default,
