@@ -239,24 +239,11 @@ class ListenerPolicy:
         counters: Counters,
         top_blocked: BlockedSpec,
         proxy_protocol: bool = False,
+        *,
+        deferred: bool = False,
     ) -> None:
-        drive(
-            self._setup(
-                name, envs, default_env, tls, health_path, counters, top_blocked, proxy_protocol
-            )
-        )
-
-    def _setup(
-        self,
-        name: str,
-        envs: Sequence[EnvPolicy],
-        default_env: EnvPolicy | None,
-        tls: bool,
-        health_path: str | None,
-        counters: Counters,
-        top_blocked: BlockedSpec,
-        proxy_protocol: bool,
-    ) -> Steps[None]:
+        """``deferred``: leave the request path's map to ``build_fast_map()``, a reload's
+        steps; otherwise it is built now."""
         self.name = name
         self.proxy_protocol = proxy_protocol
         self.top_blocked = top_blocked
@@ -296,7 +283,12 @@ class ListenerPolicy:
         self._recent: dict[str, tuple[Decision, str]] = {}
         # Values are bare decisions: the key itself is the Host to forward, so a hit
         # costs a dict lookup and one small tuple.
-        self.fast: dict[str, Decision] = yield from (
+        self.fast: dict[str, Decision] = {}
+        if not deferred:
+            drive(self.build_fast_map())
+
+    def build_fast_map(self) -> Steps[None]:
+        self.fast = yield from (
             self._fast_map() if self.candidate is None else self._fast_map_with_candidates()
         )
 
@@ -641,9 +633,7 @@ def compile_steps(
         members = [envs[n] for n in lst.environments]
         default = envs[lst.default_environment] if lst.default_environment else None
         top = loaded.config.blocked_response
-        # The constructor's work as steps: same object, built between requests.
-        policy = ListenerPolicy.__new__(ListenerPolicy)
-        yield from policy._setup(
+        policy = ListenerPolicy(
             lst.name,
             members,
             default,
@@ -652,7 +642,9 @@ def compile_steps(
             counters,
             BlockedSpec(0 if top.status == "close" else int(top.status), top.body),
             lst.proxy_protocol,
+            deferred=True,
         )
+        yield from policy.build_fast_map()
         # Pre-create the series dashboards plot, so rate() sees 0 rather than nothing.
         for env in members:
             for m in ("hostname", "endpoint"):
