@@ -313,8 +313,8 @@ class AdminApp:
         return {
             "name": name,
             "hostname": env.hostname.text,
-            "secure_endpoints": [e.text for e in snap.loaded.entries[name]],
-            "candidate_endpoints": [e.text for e in c]
+            "secure_endpoints": list(snap.loaded.entries[name].texts),
+            "candidate_endpoints": list(c.texts)
             if (c := snap.loaded.candidates[name]) is not None
             else None,
             "enforcement": env.enforcement,

@@ -53,7 +53,7 @@ def cmd_endpoints_list(args: argparse.Namespace) -> int:
     if env is None:
         _err(f"unknown environment {args.environment!r}")
         return EXIT_REFUSED
-    live = [e.text for e in loaded.entries[env.name]]
+    live = list(loaded.entries[env.name].texts)
     cand = loaded.candidates[env.name]
     if args.json:
         _print_json(
@@ -61,7 +61,7 @@ def cmd_endpoints_list(args: argparse.Namespace) -> int:
                 "environment": env.name,
                 "hostname": loaded.hostnames[env.name].text,
                 "secure_endpoints": live,
-                "candidate_endpoints": [e.text for e in cand] if cand is not None else None,
+                "candidate_endpoints": list(cand.texts) if cand is not None else None,
                 "enforcement": env.enforcement,
                 "locked": env.locked,
                 "config_sha256": loaded.sha256,

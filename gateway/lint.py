@@ -129,8 +129,8 @@ def _covering_wildcard(entry: hosts.Entry, wildcards: dict[str, int]) -> str | N
 
 
 def _candidate_diff(loaded: LoadedConfig, env: Environment, where: str, out: list[Finding]) -> None:
-    live = {e.text for e in loaded.entries[env.name]}
-    cand = {e.text for e in loaded.candidates[env.name] or ()}
+    live = set(loaded.entries[env.name].texts)
+    cand = set(c.texts) if (c := loaded.candidates[env.name]) is not None else set()
     added, removed = sorted(cand - live), sorted(live - cand)
     if added or removed:
         parts = []
