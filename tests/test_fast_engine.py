@@ -715,3 +715,40 @@ def test_prebuilt_refusal_is_responses_refusal_text() -> None:
     assert closing.endswith(b"Connection: close\r\n\r\n")  # HEAD: the head only
     custom = Decision("refuse", 404, "p", "unknown_host", 0, None, body="gone\n")
     assert Refusal(custom, "x").render(rid, b"", KEEP_11, False).endswith(b"\r\n\r\ngone\n")
+
+
+@pytest.mark.sansio
+def test_refusal_log_take_is_the_token_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RefusalLog.take (the fast engine's way in: it skips the refill while the bucket is
+    empty) lets through exactly the lines the plain token bucket would."""
+    import random
+
+    import gateway.logs
+
+    clock = [0.0]
+    monkeypatch.setattr(gateway.logs.time, "monotonic", lambda: clock[0])
+    for seed in range(20):
+        rnd = random.Random(seed)
+        log = gateway.logs.RefusalLog(rate=20.0, burst=100)
+        tokens, last, suppressed = 100.0, 0.0, 0
+        for _ in range(2000):
+            clock[0] += rnd.choice([0.0, 0.0001, 0.001, 0.01, 0.05, 0.2, 3.0])
+            tokens = min(100.0, tokens + (clock[0] - last) * 20.0)
+            last = clock[0]
+            expected = tokens >= 1.0
+            if expected:
+                tokens -= 1.0
+            else:
+                suppressed += 1
+            assert log.take() is expected
+        assert log.suppressed == suppressed
+
+
+@pytest.mark.sansio
+def test_request_ids_are_distinct_hex() -> None:
+    from gateway.fast.prebuilt import RequestIds
+
+    ids = RequestIds()
+    got = [ids.next() for _ in range(1000)]  # across several refills
+    assert len(set(got)) == len(got)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", rid) for rid in got)
