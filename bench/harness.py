@@ -9,6 +9,9 @@ that each does the job (one request per scenario), then:
 2. latency at a fixed rate: `bench.paced` (open loop) at the same rate for every system.
 
 The server under test runs on one core, wrk / the paced client / the upstream on another.
+Every system under test runs on that one core, so before each measurement the harness waits
+(up to 15 s) for the core to go quiet: a system left working off a backlog (one that did not
+hold the paced rate) would otherwise be measured inside the next system's figures.
 A system that does not start is reported and the others are still measured.
 
     python -m bench.harness --rounds 3 --duration 5      # make bench
@@ -50,6 +53,47 @@ from bench.systems import (
 )
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
+
+# Before each measurement the server core is left to go quiet: every system runs on that
+# core, and one that could not keep up (the aiohttp engine does not hold the paced rate
+# proxied) goes on working off its backlog after its own measurement, inside the next
+# system's. Waited for: the core busy under SETTLE_BUSY over a SETTLE_WINDOW_S window, for
+# at most SETTLE_TIMEOUT_S (then measured anyway, and the wait recorded).
+SETTLE_BUSY = 0.10
+SETTLE_WINDOW_S = 0.2
+SETTLE_TIMEOUT_S = 15.0
+
+
+def core_times(cpu: int) -> tuple[int, int] | None:
+    """(total, idle) jiffies of one core from /proc/stat; None where there is none."""
+    try:
+        text = Path("/proc/stat").read_text()
+    except OSError:
+        return None
+    prefix = f"cpu{cpu} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            f = [
+                int(x) for x in line.split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
+            return sum(f), f[3] + f[4]
+    return None
+
+
+def settle(cpu: int) -> float:
+    """Wait until core ``cpu`` is quiet (see SETTLE_BUSY); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < SETTLE_TIMEOUT_S:
+        before = core_times(cpu)
+        time.sleep(SETTLE_WINDOW_S)
+        after = core_times(cpu)
+        if before is None or after is None:
+            break
+        total = after[0] - before[0]
+        if total <= 0 or 1 - (after[1] - before[1]) / total < SETTLE_BUSY:
+            break
+    return time.monotonic() - started
+
 
 # Profiles: values used for options the command line leaves unset.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -322,9 +366,21 @@ class Run:
                     )
                     say(f"round {rnd}/{total}  {scenario:<8} {name:<16} {figure}")
 
+    def _settle(self, name: str, what: str) -> float:
+        if not self.pinning.enabled:
+            return 0.0
+        waited = settle(self.pinning.server_cpu)
+        if waited >= 1.0:
+            say(
+                f"  (waited {waited:.1f} s for core {self.pinning.server_cpu} to go quiet"
+                f" before {what} of {name})"
+            )
+        return round(waited, 2)
+
     def _wrk_once(self, rnd: int, name: str, scenario_name: str) -> dict[str, Any]:
         scenario = SCENARIOS[scenario_name]
         sample: dict[str, Any] = {"round": rnd, "system": name, "scenario": scenario_name}
+        sample["settle_s"] = self._settle(name, f"wrk {scenario_name}")
         try:
             res = wrk.run(
                 self._port(name),
@@ -395,6 +451,7 @@ class Run:
             ]
         )
         limit = o.paced_duration + o.paced_grace + 30
+        waited = self._settle(name, f"paced {scenario}")
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=limit, cwd=REPO_ROOT, check=False
@@ -405,6 +462,7 @@ class Run:
         if done.returncode != 0 or not done.stdout.strip():
             return {"error": f"paced exited {done.returncode}: {done.stderr.strip()[-300:]}"}
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        result["settle_s"] = waited
         return result
 
     def _port(self, name: str) -> int:
