@@ -752,3 +752,15 @@ def test_request_ids_are_distinct_hex() -> None:
     got = [ids.next() for _ in range(1000)]  # across several refills
     assert len(set(got)) == len(got)
     assert all(re.fullmatch(rb"[0-9a-f]{16}", rid) for rid in got)
+
+
+@pytest.mark.sansio
+def test_inprocess_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.inprocess (the engine's Python per request, fake transports) keeps working."""
+    from bench import inprocess
+
+    assert inprocess.main(["--requests", "50", "--reps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["fast", "refused"], ["fast", "proxied"], ["bare", "refused"], ["bare", "proxied"],
+    ]  # fmt: skip
