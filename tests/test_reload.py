@@ -373,7 +373,8 @@ def test_large_reload_does_not_stall_the_loop(
         print(
             f"\n{n_entries} entries: reload {duration:.3f}s, longest loop stall {stall * 1000:.1f} ms"
         )
-        assert duration > 0 and stall > 0
+        # Decoding 4 MB of JSON is one step of several ms: the monitor must see it.
+        assert duration > 0 and 0 < stall <= duration + 0.05
         assert metric_sum(m, "gateway_allowlist_entries") == n_entries
     finally:
         gw.stop()

@@ -37,14 +37,15 @@ def test_reload_bench_quick(tmp_path: Path) -> None:
     assert {r["variant"] for r in reloads} == {"small", "full"}, reloads
     for r in reloads:
         assert r["ok"], r
-        assert r["duration_s"] > 0 and r["stall_s"] > 0, r
+        # A small reload can end without the loop ever missing a 2 ms tick: stall 0.
+        assert r["duration_s"] > 0 and 0 <= r["stall_s"] <= r["duration_s"] + 0.05, r
         assert r["entries"] == results["options"]["entries"], r
     summary = results["summary"]
     assert summary["p99_ratio"] > 0
     for variant in ("small", "full"):
         v = summary["variants"][variant]
         assert v["reloads"] > 0
-        assert v["duration_median_s"] > 0 and v["stall_max_s"] > 0
+        assert v["duration_median_s"] > 0 and v["stall_max_s"] >= 0
     assert set(summary["targets"]) >= {"reload_met", "stall_met", "p99_ratio_met"}
 
     # Every child (and anything it forked) is gone once the bench has returned.
