@@ -6,9 +6,10 @@ takes the slot of the smallest count and inherits it as its possible overestimat
 so the heavy hitters an operator needs to allow (or to worry about) are always there,
 while a flood of random Host values can never grow memory past ``k`` slots.
 
-The smallest slot is found with a heap whose stale entries are skipped lazily and which
-is rebuilt when it grows past a bound, so a refusal costs O(log k) amortised. Sans-IO:
-the caller passes the time.
+The smallest slot is found with a heap of one entry per slot whose counts are only
+brought up to date when they reach the top, so a repeated value (the usual refusal)
+costs a dict lookup and no heap work, and a new value O(log k) amortised. Sans-IO: the
+caller passes the time.
 """
 
 from __future__ import annotations
@@ -54,35 +55,36 @@ class TopK:
         key = raw[:MAX_VALUE_CHARS] if truncated else raw
         slot = self.slots.get(key)
         if slot is not None:
+            # The usual case (the same refused Host again): no heap work at all; the
+            # key's heap entry becomes a lower bound, corrected when it reaches the top.
             slot.count += 1
             slot.last_seen = now
             slot.reason = reason
-            slot.truncated = slot.truncated or truncated
-            self._push(slot.count, key)
+            if truncated:
+                slot.truncated = True
             return
         if len(self.slots) < self.k:
             self.slots[key] = Slot(key, truncated, 1, 0, reason, now, now)
-            self._push(1, key)
+            heapq.heappush(self._heap, (1, key))
             return
         victim = self._pop_min()
         floor = victim.count
         del self.slots[victim.value]
         self.slots[key] = Slot(key, truncated, floor + 1, floor, reason, now, now)
-        self._push(floor + 1, key)
-
-    def _push(self, count: int, key: str) -> None:
-        heapq.heappush(self._heap, (count, key))
-        if len(self._heap) > 8 * self.k + 64:
-            # Stale entries (older counts of the same key) pile up: rebuild from the truth.
-            self._heap = [(s.count, v) for v, s in self.slots.items()]
-            heapq.heapify(self._heap)
+        heapq.heappush(self._heap, (floor + 1, key))
 
     def _pop_min(self) -> Slot:
+        # One heap entry per slot, holding a count that may have grown since: the top is
+        # the true minimum once its count is current (every other entry is a lower bound
+        # of a count at least as large).
+        heap, slots = self._heap, self.slots
         while True:
-            count, key = heapq.heappop(self._heap)
-            slot = self.slots.get(key)
-            if slot is not None and slot.count == count:
+            count, key = heap[0]
+            slot = slots[key]
+            if slot.count == count:
+                heapq.heappop(heap)
                 return slot
+            heapq.heapreplace(heap, (slot.count, key))
 
     def top(self, n: int | None = None) -> list[Slot]:
         ranked = sorted(self.slots.values(), key=lambda s: (-s.count, s.value))

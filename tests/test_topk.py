@@ -65,3 +65,34 @@ def test_merge_adds_counts_across_workers() -> None:
     rows = merged["prod"]
     assert [(r["host"], r["count"]) for r in rows] == [("x.example", 4), ("y.example", 1)]
     assert rows[0]["first_seen"] == 1.0 and rows[0]["last_seen"] == 5.0
+
+
+def _reference_space_saving(values: list[str], k: int) -> dict[str, tuple[int, int]]:
+    """Space-Saving written plainly: the victim is the smallest (count, value), found by a
+    scan. The heap in TopK must pick exactly the same victims."""
+    table: dict[str, tuple[int, int]] = {}
+    for v in values:
+        if v in table:
+            count, error = table[v]
+            table[v] = (count + 1, error)
+        elif len(table) < k:
+            table[v] = (1, 0)
+        else:
+            victim = min(table, key=lambda key: (table[key][0], key))
+            floor = table.pop(victim)[0]
+            table[v] = (floor + 1, floor)
+    return table
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([f"h{i:02d}" for i in range(40)]), max_size=600),
+    st.integers(1, 25),
+)
+def test_topk_picks_the_same_victims_as_a_plain_scan(values: list[str], k: int) -> None:
+    tk = TopK(k)
+    for t, v in enumerate(values):
+        tk.add(v, "unknown_host", float(t))
+    got = {s.value: (s.count, s.error) for s in tk.slots.values()}
+    assert got == _reference_space_saving(values, k)
+    assert len(tk._heap) == len(tk.slots)  # one heap entry per slot, never more
