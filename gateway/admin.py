@@ -14,7 +14,6 @@ changes are refused, and reload is allowed to loopback callers. Changes are in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway import hosts
-from gateway.audit import MAX_TAIL, AuditLog
+from gateway.audit import MAX_TAIL, AuditError, AuditLog, now_rfc3339
 from gateway.config import MAX_CONFIG_BYTES
 from gateway.metrics import ConfigState, GatewayCollector, WorkerStats
 from gateway.policy import DISAGREE
@@ -425,19 +424,28 @@ class AdminApp:
         env = request.query.get("environment")
         if env is not None and env not in self.runtime.snapshot.envs and env != "":
             return api_error(404, f"unknown environment {env!r}", reason="unknown_environment")
-        await self.blocked_source(env, True)
         who = request.get(IDENTITY)
         if self.audit is not None:
-            with contextlib.suppress(Exception):
-                self.audit.append(
-                    {
-                        "token": getattr(who, "name", None),
-                        "role": getattr(who, "role", None),
-                        "environment": env,
-                        "action": "reset_blocked_hosts",
-                        "values": [],
-                        "sha256_before": self.runtime.snapshot.sha256,
-                        "sha256_after": self.runtime.snapshot.sha256,
-                    }
+            # Audited first, like every allowlist change: an unwritable log refuses the
+            # reset (507) rather than letting it pass unrecorded. Written off the loop
+            # (the record is fsynced).
+            record = {
+                "time": now_rfc3339(),
+                "token": getattr(who, "name", None),
+                "role": getattr(who, "role", None),
+                "environment": env,
+                "action": "reset_blocked_hosts",
+                "values": [],
+                "sha256_before": self.runtime.snapshot.sha256,
+                "sha256_after": self.runtime.snapshot.sha256,
+            }
+            try:
+                await asyncio.to_thread(self.audit.append, record)
+            except (AuditError, OSError) as exc:
+                return api_error(
+                    507,
+                    f"{exc}; the blocked-host counts were not reset (every change is audited)",
+                    reason="audit_unwritable",
                 )
+        await self.blocked_source(env, True)
         return json_response({"reset": env if env is not None else "all"})

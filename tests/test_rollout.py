@@ -157,9 +157,19 @@ def test_top_blocked_hosts_api_and_cli(upstream: Upstream, tmp_path: Path) -> No
         assert "scanner.example" in cli.stdout and "30" in cli.stdout
         assert "<img src=x onerror=alert(1)>.evil" in cli.stdout  # printable ASCII stays readable
         assert api(gw.admin, "DELETE", "/api/v1/blocked-hosts?environment=prod", VIEWER)[0] == 403
+        # Every change is audited first: with the audit log unwritable, nothing is reset.
+        audit = tmp_path / "config.json.audit.jsonl"
+        audit.mkdir()
+        status, body = api(gw.admin, "DELETE", "/api/v1/blocked-hosts?environment=prod", ADMIN)
+        assert (status, body["reason"]) == (507, "audit_unwritable"), body
+        assert api(gw.admin, "GET", "/api/v1/blocked-hosts", VIEWER)[1]["environments"]["prod"]
+        audit.rmdir()
         assert api(gw.admin, "DELETE", "/api/v1/blocked-hosts?environment=prod", ADMIN)[0] == 200
         status, body = api(gw.admin, "GET", "/api/v1/blocked-hosts", VIEWER)
         assert body["environments"].get("prod", []) == [] and body["environments"]["stage"]
+        last = api(gw.admin, "GET", "/api/v1/audit", VIEWER)[1]["records"][-1]
+        assert last["action"] == "reset_blocked_hosts" and last["environment"] == "prod"
+        assert last["time"].endswith("Z") and last["token"], last
         assert api(gw.admin, "GET", "/api/v1/blocked-hosts?environment=nope", VIEWER)[0] == 404
 
 
