@@ -429,7 +429,7 @@ class AdminApp:
             # Audited first, like every allowlist change: an unwritable log refuses the
             # reset (507) rather than letting it pass unrecorded. Written off the loop
             # (the record is fsynced).
-            record = {
+            record: dict[str, Any] = {
                 "time": now_rfc3339(),
                 "token": getattr(who, "name", None),
                 "role": getattr(who, "role", None),

@@ -77,7 +77,12 @@ def config(upstream: Upstream, **top: Any) -> dict[str, Any]:
                 "bind": "127.0.0.1:0",
                 "environments": ["prod", "lifetime", "staging"],
                 "default_environment": "prod",
-            }
+            },
+            {  # no default environment: unknown hosts are refused with no route
+                "name": "edge",
+                "bind": "127.0.0.1:0",
+                "environments": ["prod", "staging"],
+            },
         ],
         **top,
     }
@@ -405,6 +410,27 @@ def test_allow_a_host_from_the_blocked_list(gw: Gateway, console: Console) -> No
     assert get(port, "promo.acme.test").status == 200
     console.shot()
     api(gw, "DELETE", "/api/v1/environments/prod/endpoints/promo.acme.test")
+
+
+def test_allow_a_host_no_environment_claimed(gw: Gateway, console: Console) -> None:
+    """Refused on a listener without a default environment, a host is listed under no
+    environment; it is shown with the selected one and can be allowed there."""
+    page, edge = console.page, gw.port("edge")
+    for _ in range(2):
+        assert get(edge, "orphan.acme.test").status == 503
+    console.open(gw, ADMIN)
+    orphan = row(page, "blocked", "orphan.acme.test")
+    expect(orphan).to_contain_text("no environment")
+    expect(orphan).to_contain_text("no route")
+    expect(orphan.locator("td.num")).to_have_text("2")
+    orphan.get_by_role("button", name="Allow orphan.acme.test").click()
+    expect(page.locator("#confirm-title")).to_have_text("Allow orphan.acme.test in prod?")
+    page.click("#confirm-ok")
+    expect(page.locator("#blocked-msg")).to_contain_text("Allowed orphan.acme.test.")
+    assert "orphan.acme.test" in entries(gw, "prod")
+    assert get(edge, "orphan.acme.test").status == 200
+    console.shot()
+    api(gw, "DELETE", "/api/v1/environments/prod/endpoints/orphan.acme.test")
 
 
 def test_a_viewer_cannot_change_anything(gw: Gateway, console: Console) -> None:

@@ -23,7 +23,9 @@
     return Number.isFinite(v) ? Math.min(Math.max(v, 500), 60000) : 3000;
   })();
   // Reasons of blocked-host rows that adding the value to the list would fix.
-  const ALLOWABLE_REASONS = new Set(["unknown_host", "would_block"]);
+  // "no_route": refused on a listener with several environments and no default, before any
+  // environment claimed it (listed under the environment "" by the API).
+  const ALLOWABLE_REASONS = new Set(["unknown_host", "would_block", "no_route"]);
 
   // Multi-label public suffixes: the same subset as gateway/hosts.py
   // (_COMMON_PUBLIC_SUFFIXES; tests/test_console.py checks that they agree). Used only to
@@ -432,14 +434,20 @@
       const names = doc.environments.map((e) => e.name);
       state.selected = names.includes(wanted) ? wanted
         : names.includes(state.selected) ? state.selected : names[0] || null;
+      // All tables: the selected environment's, and the refusals no environment claimed
+      // (shown with it, so that a host refused for want of a route can be allowed here).
       const [blocked, audit] = await Promise.all([
         state.selected
-          ? api("GET", `${API}/blocked-hosts?environment=${encodeURIComponent(state.selected)}&limit=${BLOCKED_ROWS}`)
+          ? api("GET", `${API}/blocked-hosts?limit=${BLOCKED_ROWS}`)
           : Promise.resolve({ environments: {} }),
         api("GET", `${API}/audit?limit=${AUDIT_ROWS}`),
       ]);
       if (session !== state.session) return;
-      state.blocked = (blocked.environments || {})[state.selected] || [];
+      const tables = blocked.environments || {};
+      state.blocked = [
+        ...(tables[state.selected] || []),
+        ...(tables[""] || []).map((r) => ({ ...r, unclaimed: true })),
+      ];
       state.audit = audit.records || [];
       setBanner($("banner-error"), "");
       render();
@@ -648,7 +656,9 @@
       const count = row.error ? `≤ ${row.count}` : String(row.count);
       body.append(el("tr", { dataset: { host: row.host } },
         hostCell,
-        el("td", {}, badge(String(row.reason).replace(/_/g, " "), row.reason === "would_block" ? "warn" : "bad")),
+        el("td", {}, badge(String(row.reason).replace(/_/g, " "), row.reason === "would_block" ? "warn" : "bad"),
+          row.unclaimed ? " " : "",
+          row.unclaimed ? badge("no environment", "warn", "refused before any environment claimed it (a listener without a default environment)") : ""),
         el("td", { className: "num", title: row.error ? `possible overestimate ${row.error}` : "" }, count),
         el("td", { className: "nowrap", title: `first seen ${fmtTime(row.first_seen)}` }, fmtTime(row.last_seen)),
         el("td", { className: "actions" }, action)));
