@@ -446,8 +446,7 @@ def _entries(
         for note in entry.notes:
             notes.append(f"{where}[{k}]: {note}")
         texts[k] = entry.text
-        if entry.text not in special and not hosts.EntryList.is_plain(entry):
-            special[entry.text] = hosts.Entry(entry.kind, entry.host, entry.port, entry.text)
+        hosts.EntryList.keep_special(special, entry)
         if n % (ENTRY_CHUNK // 8) == 0:
             yield
     unique = frozenset(texts)

@@ -372,14 +372,18 @@ class EntryList(Sequence[Entry]):
         listed = list(entries)
         special: dict[str, Entry] = {}
         for e in listed:
-            if not EntryList.is_plain(e):
-                special.setdefault(e.text, Entry(e.kind, e.host, e.port, e.text))
+            EntryList.keep_special(special, e)
         return cls([e.text for e in listed], special)
 
     @staticmethod
-    def is_plain(entry: Entry) -> bool:
-        """Whether ``plain_entry(entry.text)`` rebuilds this entry (notes aside)."""
-        return entry.kind == "name" and PLAIN_ENTRY_RE.fullmatch(entry.text) is not None
+    def keep_special(special: dict[str, Entry], entry: Entry) -> None:
+        """Record ``entry`` in ``special`` unless its text alone rebuilds it (a plain
+        name) or an entry with that text is there already; notes are not kept."""
+        if entry.text in special:
+            return
+        if entry.kind == "name" and PLAIN_ENTRY_RE.fullmatch(entry.text) is not None:
+            return
+        special[entry.text] = Entry(entry.kind, entry.host, entry.port, entry.text)
 
     def _entry(self, text: str) -> Entry:
         got = self.special.get(text)

@@ -4,8 +4,8 @@ Every way a file gets replaced ends in the same place: an event (or the periodic
 check, for file systems where inotify events never arrive, such as NFS) asks for a reload;
 the file is read until two reads a moment apart agree (an editor that truncates and then
 writes must not have its half-written file applied); the bytes are parsed, validated and
-compiled on the loop in slices of about a millisecond (gateway/steps.py says why not in a
-thread), so requests keep being served meanwhile; then one reference is rebound. Any
+compiled on the loop in steps of a fraction of a millisecond (gateway/steps.py says why
+not in a thread), so requests keep being served meanwhile; then one reference is rebound. Any
 failure leaves the last good snapshot serving. Watching the directory rather than the
 file follows renames over the file and Kubernetes' ConfigMap mounts, where
 ``FILE -> ..data/FILE`` and ``..data`` is a symlink swapped by rename.

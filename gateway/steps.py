@@ -5,8 +5,8 @@ the loop: the GIL is shared, C calls such as a regex over a list hold it through
 the loop waits up to the switch interval each time it wants it back (the "convoy
 effect", which made p99 8x worse during reloads). So the work is written as a generator
 that yields between bounded pieces (a few thousand entries each); ``drive`` runs it to
-the end at once (CLI, tests, start-up); ``reload.drive_on_loop`` runs pieces for about
-a millisecond at a time and lets the loop serve requests in between. Sans-IO, like the
+the end at once (CLI, tests, start-up); ``reload.drive_on_loop`` runs pieces for a
+fraction of a millisecond at a time and lets the loop serve requests in between. Sans-IO, like the
 core that uses it.
 """
 
