@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aiohttp
@@ -70,6 +71,13 @@ DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 FAIL_TIMEOUT_S = 10.0
 STREAM_CHUNK = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
+
+
+# Control characters aiohttp's writer refuses to send in a field or a status line
+# ("potential header injection"): an upstream response carrying one is refused as invalid
+# (502) by both engines, rather than failing while it is written. Matched on str (bytes
+# read as Latin-1, one character each).
+FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def header_text(raw: bytes) -> str:
@@ -301,6 +309,11 @@ class Forwarder:
         extra: Iterable[tuple[str, str]],
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
+        search = FORBIDDEN_IN_FIELD.search
+        if search(upstream.reason or "") is not None or any(
+            search(value.decode("latin-1")) is not None for _, value in upstream.raw_headers
+        ):
+            return self._upstream_error(env, ValueError("control character in the response head"))
         self.stats.response(env.name, upstream.status, loop.time() - started)
         resp = RelayResponse(
             status=upstream.status,

@@ -46,6 +46,21 @@ def status_line(status: int, reason: str | None = None) -> bytes:
     return line
 
 
+_RELAYED_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def relayed_status_line(status: int, reason: bytes) -> bytes:
+    """The status line of an upstream's response: its code and its reason phrase's bytes
+    as they came (aiohttp decodes them with surrogateescape and its writer encodes them
+    back, the same bytes)."""
+    line = _RELAYED_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_RELAYED_LINES) < 512:  # reasons come from upstreams: bounded
+            _RELAYED_LINES[(status, reason)] = line
+    return line
+
+
 def _status_line(status: int, reason: str | None) -> bytes:
     if reason is None:
         try:

@@ -8,7 +8,9 @@ request parser (llhttp), decides each request with the sans-IO core
 - an allowed request becomes a ``Forward``: the request head rebuilt by
   ``proxy.upstream_headers`` (the same header rules as the aiohttp engine), written to a
   pooled keep-alive upstream connection, the body streamed after it, the response parsed
-  by aiohttp's ``HttpResponseParser`` and relayed, reframed as the aiohttp engine does.
+  by llhttp (through httptools' callbacks, ``upstream.UpstreamConnection``: aiohttp's
+  response parser builds three objects per response that cost more than the rest of
+  the relay) and relayed, reframed as the aiohttp engine does.
 
 Everything runs in transport callbacks; the only task is a connect to a new upstream
 connection. Flow control is on the transports, both ways, as in uvicorn's
@@ -33,6 +35,7 @@ from typing import Any, cast
 
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
+from httptools import HttpParserCallbackError, HttpParserUpgrade
 
 from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
@@ -40,9 +43,18 @@ from gateway.fast import prebuilt
 from gateway.fast.chunked import ChunkedFraming
 from gateway.fast.headers import request_head
 from gateway.fast.prebuilt import CLOSE, KEEP_10, KEEP_11, DateLine, Refusal, RequestIds
-from gateway.fast.upstream import ONLY_FIRST, SINK, Route, UpstreamConnection, UpstreamPools
+from gateway.fast.upstream import (
+    MAX_FIELD,
+    MAX_HEAD,
+    MAX_HEADERS,
+    ONLY_FIRST,
+    SINK,
+    Route,
+    UpstreamConnection,
+    UpstreamPools,
+)
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
-from gateway.proxy import DROP_RESPONSE, client_address
+from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address
 from gateway.runtime import Runtime
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, printable, sni_matches
 
@@ -60,13 +72,17 @@ DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
 # Upstream response fields the relay does not copy as they are, by lowercased name, so a
 # field costs one dict lookup: 1 dropped (hop-by-hop, Content-Length, which is re-added;
 # X-Request-ID, which is the gateway's), 2 Date (copied; its absence is filled in), 3
-# X-Gateway-Config (dropped when the gateway adds its own).
-_DROPPED, _DATE, _CONFIG, _LENGTH = 1, 2, 3, 4
+# X-Gateway-Config (dropped when the gateway adds its own), 4 Content-Length, 5
+# Transfer-Encoding (dropped; read to know whether the body ends at close), 6 a field
+# aiohttp's parser refuses (the old WebSocket handshake's).
+_DROPPED, _DATE, _CONFIG, _LENGTH, _TE, _INVALID = 1, 2, 3, 4, 5, 6
 RESPONSE_SPECIAL = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
     b"x-request-id": _DROPPED,
     b"date": _DATE,
     b"x-gateway-config": _CONFIG,
     b"content-length": _LENGTH,  # dropped, then written again as the framing says
+    b"transfer-encoding": _TE,
+    b"sec-websocket-key1": _INVALID,
 }
 
 
@@ -80,7 +96,7 @@ def _title(name: bytes) -> bytes:
 RESPONSE_SPECIAL_SENT = (
     RESPONSE_SPECIAL
     | {_title(name): kind for name, kind in RESPONSE_SPECIAL.items()}
-    | {b"X-Request-ID": _DROPPED, b"TE": _DROPPED}
+    | {b"X-Request-ID": _DROPPED, b"TE": _DROPPED, b"Sec-WebSocket-Key1": _INVALID}
 )
 RESPONSE_PLAIN_SENT = frozenset(
     {
@@ -112,6 +128,37 @@ P_DEAD = 8  # the parser failed: nothing after the failure is read
 
 # How the response body is framed to the client.
 OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_EOF = 0, 1, 2, 3
+HEAD_END = b"\r\n\r\n"
+# A response head's bytes with every control character but CR and LF (tab included)
+# turned into NUL: one scan for NUL then finds a head that needs a field by field look.
+CONTROLS_TO_NUL = bytes(
+    0 if (b < 0x20 and b not in (0x0D, 0x0A)) or b == 0x7F else b for b in range(256)
+)
+
+
+class BadResponse(Exception):
+    """An upstream response aiohttp's parser would refuse."""
+
+
+def response_fields(reason: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The checks aiohttp's response parser makes on top of llhttp's (limits, NUL) and its
+    trailing whitespace stripping (llhttp strips only the leading one, RFC 9110 §5.5);
+    and the control characters aiohttp's writer refuses to send. Raises ``BadResponse``."""
+    if len(reason) > MAX_FIELD:
+        raise BadResponse("status line too long")
+    if FORBIDDEN_IN_FIELD.search(reason.decode("latin-1")) is not None:
+        raise BadResponse("control character in the reason phrase")
+    if len(headers) > MAX_HEADERS:
+        raise BadResponse("too many header fields")
+    out = []
+    for name, value in headers:
+        if len(name) + len(value) > MAX_FIELD:
+            raise BadResponse("header field too long")
+        value = value.rstrip(b" \t")
+        if FORBIDDEN_IN_FIELD.search(value.decode("latin-1")) is not None:
+            raise BadResponse("control character in a header field")
+        out.append((name, value))
+    return out
 
 
 class ParseFailure:
@@ -867,7 +914,6 @@ class Forward:
         "out",
         "payload",
         "resp",
-        "resp_payload",
         "retried",
         "reused",
         "rid",
@@ -876,6 +922,7 @@ class Forward:
         "started",
         "status",
         "tunnel",
+        "until_eof",
         "upgrade",
     )
 
@@ -914,8 +961,9 @@ class Forward:
         self.head = b""
         self.reused = False
         self.retried = False
-        self.resp: Any = None
-        self.resp_payload: Any = None
+        # The final response's status once its head arrived (None: not yet).
+        self.resp: int | None = None
+        self.until_eof = False  # its body ends when the upstream closes the connection
         self.held: bytes | None = None
         self.status = 0
         self.out = OUT_NONE
@@ -1055,9 +1103,7 @@ class Forward:
         self.conn = conn
         self.reused = reused
         conn.user = self
-        head_only = self.method == "HEAD"
-        if conn.parser is None or conn.head_mode != head_only:
-            conn.response_parser(head_only)
+        conn.expect(self.method == "HEAD")
         transport = conn.transport
         assert transport is not None
         client = self.client
@@ -1160,65 +1206,96 @@ class Forward:
             self.client.write(data)
             return
         conn = self.conn
-        assert conn is not None
+        assert conn is not None and conn.parser is not None
+        tail = b""
+        if self.resp is None:
+            conn.head_bytes += len(data)
+            if conn.head_bytes > MAX_HEAD:
+                self._upstream_failed("protocol", "upstream sent an invalid response")
+                return
         try:
-            messages, _upgraded, tail = conn.parser.feed_data(data)
+            conn.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            tail = data[exc.args[0] :]
+        except HttpParserCallbackError as exc:
+            if exc.__context__ is not None:
+                raise  # the callbacks only record: an error there is a bug (internal_error)
+            self._upstream_failed("protocol", "upstream sent an invalid response")
+            return
         except Exception:
             self._upstream_failed("protocol", "upstream sent an invalid response")
             return
-        for rmsg, rpayload in messages:
-            code = rmsg.code
-            if code < 200 and code != 101:
-                continue  # interim (103 Early Hints...): swallowed, as aiohttp's client does
-            if self.resp is not None:
-                conn.unsolicited = True  # a second response to one request: never reuse
-                break
-            self._response_head(rmsg, rpayload)
-            if self.tunnel:
-                if tail:
-                    self.client.write(tail)
-                return
-            if self.done:
-                return
-        if self.resp_payload is not None:
-            self._pump_response()
+        heads = conn.heads
+        if heads:
+            for code, reason, headers in heads:
+                if code < 200 and code != 101:
+                    continue  # interim (103 Early Hints...): swallowed, as aiohttp's client does
+                if self.resp is not None:
+                    conn.unsolicited = True  # a second response to one request: never reuse
+                    break
+                # A head in one read, under aiohttp's limits, with no control character
+                # (tab included) and no space before a CR, is relayed as llhttp reported
+                # it; any other is looked at field by field (response_fields).
+                end = data.find(HEAD_END)
+                if (
+                    end < 0
+                    or len(heads) > 1
+                    or conn.head_bytes != len(data)
+                    or conn.head_bytes > MAX_FIELD
+                    or len(headers) > MAX_HEADERS
+                    or b" \r" in (head := data[:end])
+                    or b"\x00" in head.translate(CONTROLS_TO_NUL)
+                ):
+                    try:
+                        headers = response_fields(reason, headers)
+                    except BadResponse:
+                        heads.clear()
+                        self._upstream_failed("protocol", "upstream sent an invalid response")
+                        return
+                self._response_head(code, reason, headers)
+                if self.tunnel:
+                    heads.clear()
+                    if tail:
+                        self.client.write(tail)
+                    return
+                if self.done:
+                    heads.clear()
+                    return
+            heads.clear()
+            if conn.finals > 1:
+                conn.unsolicited = True
+        if self.resp is not None:
+            self._pump_response(conn.complete)
         if not self.done:
             self.activity = self.L.loop.time()
 
-    def _response_head(self, rmsg: Any, rpayload: Any) -> None:
+    def _response_head(self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Build the head relayed to the client (as proxy.Forwarder._relay): the upstream's
         fields minus hop-by-hop ones, X-Request-ID and, when exposed, X-Gateway-Config
         in place of any the upstream sent, the framing the aiohttp engine would use."""
         L = self.L
-        code: int = rmsg.code
         if self.upgrade and code != 101:
             # As the aiohttp engine (its ws_connect failed): the gateway's own 502 and an
             # upstream "connect" error, not the upstream's answer; and no tunnel.
             self._upstream_failed("connect", "upstream refused the WebSocket")
             return
-        self.resp = rmsg
-        self.status = code
-        # UpstreamStats.response, with the slots cached on the route.
-        route = self.route
-        assert route is not None
-        klass = code // 100
-        route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
-        route.histogram.observe(L.loop.time() - self.started)
         if code == 101:
             if not self.upgrade:
                 self._upstream_failed("protocol", "upstream sent an invalid response")
                 return
-            self._start_tunnel(rmsg)
+            self._count_response(code)
+            self._start_tunnel(reason, headers)
             return
         snap = self.snap
         expose = snap.loaded.config.expose_config_version
         special = RESPONSE_SPECIAL_SENT.get
         plain = RESPONSE_PLAIN_SENT
         # One list of parts and one join; a field usually costs one lookup or two.
-        parts = [prebuilt.status_line(code, rmsg.reason)]
+        parts = [prebuilt.relayed_status_line(code, reason)]
         has_date = False
         length = None
-        for name, value in rmsg.raw_headers:
+        te = None
+        for name, value in headers:
             kind = special(name)
             if kind is None and name not in plain:
                 kind = special(name.lower())
@@ -1230,7 +1307,20 @@ class Forward:
                     continue
                 if kind == _DATE:
                     has_date = True
+                elif kind == _TE:
+                    te = value if te is None else te + b"," + value
+                    continue
+                elif kind == _INVALID:
+                    self._upstream_failed("protocol", "upstream sent an invalid response")
+                    return
             parts += (name, b": ", value, b"\r\n")
+        # _count_response, inline (every relayed response).
+        self.resp = self.status = code
+        route = self.route
+        assert route is not None
+        klass = code // 100
+        route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
+        route.histogram.observe(L.loop.time() - self.started)
         parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         if expose:
             parts += (b"X-Gateway-Config: ", snap.short_sha.encode("ascii"), b"\r\n")
@@ -1242,12 +1332,16 @@ class Forward:
             self.out = OUT_NONE if no_body else OUT_LENGTH
         elif no_body:
             self.out = OUT_NONE
-        elif self.msg.version.minor >= 1:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            self.out = OUT_CHUNKED
         else:
-            self.out = OUT_EOF  # an HTTP/1.0 client: the body ends when the connection does
-            self.mode = CLOSE
+            # No length and not chunked (its last coding, RFC 9112 §6.3): llhttp reads the
+            # body until the upstream closes.
+            self.until_eof = te is None or (te.rsplit(b",", 1)[-1].strip().lower() != b"chunked")
+            if self.msg.version.minor >= 1:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.out = OUT_CHUNKED
+            else:
+                self.out = OUT_EOF  # an HTTP/1.0 client: the body ends when the connection does
+                self.mode = CLOSE
         if L.draining:
             self.mode = CLOSE
         if not has_date:
@@ -1257,21 +1351,32 @@ class Forward:
         # in one write (a small response in two segments costs a syscall, and the client
         # a second read).
         self.held = b"".join(parts)
-        self.resp_payload = rpayload
 
-    def _pump_response(self) -> None:
-        payload = self.resp_payload
+    def _count_response(self, code: int) -> None:
+        """The final response's head is accepted (UpstreamStats.response, with the slots
+        cached on the route)."""
+        self.resp = code
+        self.status = code
+        route = self.route
+        assert route is not None
+        klass = code // 100
+        route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
+        route.histogram.observe(self.L.loop.time() - self.started)
+
+    def _pump_response(self, eof: bool) -> None:
+        """Relay the body bytes the parser reported (and the held head); ``eof``: the
+        response ended."""
+        conn = self.conn
+        assert conn is not None
         head = self.held
         self.held = None
-        try:
-            data = payload.read_nowait()
-        except Exception:
-            if head is not None:
-                self.client.write(head)
-            self._upstream_failed("reset", "upstream sent a broken response")
-            return
+        body = conn.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+        else:
+            data = b""
         out = self.out
-        eof = payload.is_eof()
         client = self.client
         transport = client.transport
         if transport is None or client.closing:
@@ -1298,7 +1403,7 @@ class Forward:
         conn = self.conn
         if (
             conn is not None
-            and not self.resp.should_close
+            and conn.keep
             and not self.body_open
             and not conn.unsolicited
             and not conn.closed
@@ -1316,13 +1421,13 @@ class Forward:
             self._detach(reusable=False)
         self._complete()
 
-    def _start_tunnel(self, rmsg: Any) -> None:
+    def _start_tunnel(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """101 Switching Protocols: from now on bytes pass both ways untouched."""
         client = self.client
         L = self.L
-        parts = [prebuilt.status_line(101, rmsg.reason)]
+        parts = [prebuilt.relayed_status_line(101, reason)]
         has_date = False
-        for name, value in rmsg.raw_headers:
+        for name, value in headers:
             lname = name.lower()
             # Connection and Upgrade are what a 101 is about; the rest of the hop-by-hop
             # set goes, as for any response.
@@ -1384,17 +1489,12 @@ class Forward:
                 return
             self._upstream_failed("reset", "upstream closed the connection")
             return
-        payload = self.resp_payload
-        if payload is not None and conn is not None and not payload.is_eof():
+        if conn is not None and not conn.complete:
             # A body delimited by the end of the connection ends here; a framed one that
             # did not end is a truncated response.
-            try:
-                conn.parser.feed_eof()
-            except Exception:
-                self._upstream_failed("reset", "upstream sent a broken response")
-                return
-            self._pump_response()
-            if not self.done:
+            if self.until_eof:
+                self._pump_response(True)
+            else:
                 self._upstream_failed("reset", "upstream sent a broken response")
 
     def _upstream_failed(self, kind: str, text: str) -> None:

@@ -21,7 +21,8 @@ import contextlib
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from aiohttp.http_parser import HttpResponseParser
+import httptools
+from aiohttp.helpers import DEBUG
 
 from gateway.config import Upstream
 from gateway.counters import Counters
@@ -37,13 +38,20 @@ MAX_IDLE = 256
 # How long an idle upstream connection is kept (aiohttp TCPConnector keepalive_timeout).
 IDLE_TIMEOUT_S = 30.0
 REAP_EVERY_S = 5.0
-# aiohttp's default read buffer for client responses; only the StreamReader high-water
+# aiohttp's default read buffer for request bodies; only the StreamReader high-water
 # mark, which never matters here because payloads are drained after every feed.
 READ_LIMIT = 2**16
+# aiohttp's response parser limits (its defaults, which its client uses): a status line or
+# a field (name + value) longer than MAX_FIELD, or more than MAX_HEADERS fields, is an
+# invalid response. httptools joins a field's pieces without a limit, so the bytes read
+# before a head is complete are capped as well (MAX_HEAD): a memory bound, not a new rule.
+MAX_FIELD = 8190
+MAX_HEADERS = 128
+MAX_HEAD = MAX_HEADERS * (MAX_FIELD + 4) + MAX_FIELD + 4
 
 
 class ParserSink:
-    """What aiohttp's parsers need from a protocol. Their payload ``StreamReader`` calls
+    """What aiohttp's request parser needs from a protocol. Its payload ``StreamReader`` calls
     ``pause_reading``/``resume_reading`` when its buffer crosses a mark; the engine drains
     every payload right after each ``feed_data``, so those calls carry nothing, and flow
     control is done on the transports themselves (as uvicorn's ``FlowControl`` does)."""
@@ -75,13 +83,22 @@ class UpstreamUser(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "body",
         "closed",
-        "head_mode",
+        "code",
+        "complete",
+        "finals",
+        "head_bytes",
+        "head_only",
+        "headers",
+        "heads",
         "idle",
         "idle_since",
+        "keep",
         "loop",
         "parser",
         "pools",
+        "reason",
         "transport",
         "unsolicited",
         "upstream",
@@ -98,29 +115,104 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop = pools.loop
         self.transport: asyncio.Transport | None = None
         self.user: UpstreamUser | None = None
-        self.parser: Any = None
-        self.head_mode = False
+        self.parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self.unsolicited = False
         self.write_paused = False
         self.idle_since = 0.0
+        # What the parser reported of the response to the request in progress (see
+        # ``expect``): the heads completed in the last feed (interim ones included), the
+        # body bytes not relayed yet, whether the final response ended and may be followed
+        # by another request.
+        self.heads: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = []
+        self.body: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.code = 0
+        self.finals = 0
+        self.complete = False
+        self.keep = False
+        self.head_only = False
+        self.head_bytes = 0
 
-    def response_parser(self, head: bool) -> Any:
-        """A response parser in the state for the next request. One parser serves every
-        response of the connection (llhttp is built for that); a HEAD response has no body
-        whatever its headers say, which aiohttp's parsers are told when they are built
-        (``response_with_body``), so switching to or from HEAD builds a new one."""
-        if self.parser is None or head != self.head_mode:
-            self.head_mode = head
-            self.parser = HttpResponseParser(
-                SINK,
-                self.loop,
-                READ_LIMIT,
-                response_with_body=not head,
-                read_until_eof=True,  # no length, not chunked: the body ends at close
-                auto_decompress=False,  # bytes pass through as the upstream encoded them
+    # -- the response parser (httptools: llhttp with callbacks) -----------------------------
+    #
+    # aiohttp's HttpResponseParser builds a RawResponseMessage, a CIMultiDict and a
+    # StreamReader per response and hands the body over through the StreamReader; here the
+    # same llhttp (9.4, as vendored by aiohttp 3.14) reports to these callbacks, which only
+    # record, so one feed may hold an interim response, the final one and bytes after it,
+    # and protocol.Forward decides on all of it once the feed returns. aiohttp's leniencies
+    # for responses are set the same way (``new_parser``), and its own checks on top of
+    # llhttp are made by protocol.Forward (``response_fields_ok``).
+
+    def new_parser(self) -> None:
+        parser = httptools.HttpResponseParser(self)
+        if not DEBUG:
+            # aiohttp.http_parser.HttpResponseParser outside dev mode: real servers send
+            # these, and refusing them would make the engines answer differently.
+            parser.set_dangerous_leniencies(
+                lenient_headers=True,
+                lenient_optional_cr_before_lf=True,
+                lenient_spaces_after_chunk_size=True,
             )
-        return self.parser
+        self.parser = parser
+
+    def expect(self, head_only: bool) -> None:
+        """Ready for the response to a new request (``head_only``: to a HEAD request)."""
+        if self.parser is None or self.head_only:
+            self.new_parser()  # after a HEAD response, the old one may wait for a body
+        self.head_only = head_only
+        self.code = 0
+        self.finals = 0
+        self.complete = False
+        self.keep = False
+        self.head_bytes = 0
+        self.heads.clear()
+        self.body.clear()
+        if self.headers:
+            self.headers = []  # what a failed response left
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        code = self.code = parser.get_status_code()
+        self.heads.append((code, self.reason, self.headers))
+        # Fresh for the next message (here rather than in an on_message_begin callback:
+        # one Python call less per response).
+        self.headers = []
+        self.reason = b""
+        if code >= 200:
+            self.finals += 1
+            if self.head_only and code != 101:
+                # llhttp cannot be told that a HEAD response has no body (aiohttp's
+                # parser can): the response ends here; this parser may now wait for a
+                # body that never comes, so the next request gets a new one, and any byte
+                # it reads meanwhile is one the upstream should not have sent.
+                self.complete = True
+                self.keep = parser.should_keep_alive()
+
+    def on_body(self, data: bytes) -> None:
+        if self.complete:
+            self.unsolicited = True
+        else:
+            self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.code < 200 or self.head_only:
+            return  # interim (1xx): the final response is still to come
+        if self.complete:
+            self.unsolicited = True
+            return
+        self.complete = True
+        parser = self.parser
+        self.keep = parser is not None and parser.should_keep_alive()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
