@@ -80,6 +80,17 @@ NO_BODY_STATUS = frozenset({204, 304})
 FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def connection_listed(raw_headers: Sequence[tuple[bytes, bytes]]) -> set[str]:
+    """The field names a message's ``Connection`` header lists (lowercased): hop-by-hop
+    for this connection only, so a proxy removes them before forwarding (RFC 9110
+    §7.6.1), in requests and in responses alike."""
+    listed: set[str] = set()
+    for raw_name, value in raw_headers:
+        if raw_name.lower() == b"connection":
+            listed.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+    return listed
+
+
 def header_text(raw: bytes) -> str:
     """A header value as aiohttp wants it (str, written back as UTF-8): UTF-8 bytes
     round-trip exactly; anything else (obs-text) is read as Latin-1, the only decoding
@@ -320,9 +331,11 @@ class Forwarder:
             reason=upstream.reason,
             has_type="Content-Type" in upstream.headers,
         )
+        listed = connection_listed(upstream.raw_headers)
         for raw_name, raw_value in upstream.raw_headers:
             name = raw_name.decode("latin-1")
-            if name.lower() in DROP_RESPONSE:
+            lname = name.lower()
+            if lname in DROP_RESPONSE or lname in listed:
                 continue
             resp.headers.add(name, header_text(raw_value))
         for name, value in extra:

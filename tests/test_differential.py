@@ -84,6 +84,11 @@ def respond(head: bytes, body: bytes) -> bytes:
         return b"HTTP/1.1 299 Fine \xe9 Thing\r\n" + ok
     if path == b"/bare-lf":
         return b"HTTP/1.1 200 OK\nX-Lf: 1 \n" + ok.replace(b"\r\n", b"\n")
+    if path == b"/conn-named":
+        return (
+            b"HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nX-Keep: 2\r\n"
+            b"connection: X-Other\r\nX-Other: 3\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n" + ok
+        )
     if path == b"/ws-key1":
         return b"HTTP/1.1 200 OK\r\nSec-WebSocket-Key1: x\r\n" + ok
     out = b"%s %d" % (path, len(body))
@@ -352,6 +357,7 @@ CASES = [
             "empty-reason",
             "bare-lf",
             "ws-key1",
+            "conn-named",
         )
     ),
     Case(
@@ -426,3 +432,16 @@ def test_both_counted_the_same(sides: dict[str, Side]) -> None:
     after = {e: counts(s) for e, s in sides.items()}
     delta = {e: {k: after[e][k] - before[e].get(k, 0) for k in after[e]} for e in after}
     assert delta["fast"] == delta["aiohttp"]
+
+
+def test_response_fields_named_by_connection_are_dropped(sides: dict[str, Side]) -> None:
+    """RFC 9110 §7.6.1: the fields an upstream's Connection header lists are for that
+    connection only; neither engine relays them (the comparison above only shows that
+    the two agree)."""
+    got = run(sides, Case("conn-named", req(b"GET /conn-named HTTP/1.1", H, CLOSE)))
+    for engine, seen in got.items():
+        status, _, headers, _ = seen.responses[0]
+        names = {name for name, _ in headers}
+        assert status == 200, engine
+        assert "x-keep" in names, engine
+        assert not names & {"x-hop", "x-other", "connection"}, (engine, names)

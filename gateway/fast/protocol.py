@@ -74,9 +74,11 @@ DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
 # X-Request-ID, which is the gateway's), 2 Date (copied; its absence is filled in), 3
 # X-Gateway-Config (dropped when the gateway adds its own), 4 Content-Length, 5
 # Transfer-Encoding (dropped; read to know whether the body ends at close), 6 a field
-# aiohttp's parser refuses (the old WebSocket handshake's).
-_DROPPED, _DATE, _CONFIG, _LENGTH, _TE, _INVALID = 1, 2, 3, 4, 5, 6
+# aiohttp's parser refuses (the old WebSocket handshake's), 7 Connection (dropped; the
+# fields it lists are dropped too, RFC 9110 §7.6.1).
+_DROPPED, _DATE, _CONFIG, _LENGTH, _TE, _INVALID, _CONN = 1, 2, 3, 4, 5, 6, 7
 RESPONSE_SPECIAL = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
+    b"connection": _CONN,
     b"x-request-id": _DROPPED,
     b"date": _DATE,
     b"x-gateway-config": _CONFIG,
@@ -107,6 +109,10 @@ RESPONSE_PLAIN_SENT = frozenset(
         b"Age", b"Pragma", b"Link", b"Content-Security-Policy", b"Referrer-Policy",
     }
 )  # fmt: skip
+# Connection values that list no field (the usual ones, as servers send them).
+CONNECTION_PLAIN = frozenset(
+    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
+)
 assert not {n.lower() for n in RESPONSE_PLAIN_SENT} & RESPONSE_SPECIAL.keys()
 assert all(RESPONSE_SPECIAL[n.lower()] == k for n, k in RESPONSE_SPECIAL_SENT.items())
 # A refused (or early-answered) request's body is read and dropped for this long before
@@ -1295,6 +1301,7 @@ class Forward:
         has_date = False
         length = None
         te = None
+        listed: set[str] | None = None
         for name, value in headers:
             kind = special(name)
             if kind is None and name not in plain:
@@ -1305,6 +1312,11 @@ class Forward:
                     continue
                 if kind == _DROPPED or (kind == _CONFIG and expose):
                     continue
+                if kind == _CONN:
+                    if value not in CONNECTION_PLAIN:
+                        tokens = {t.strip().lower() for t in value.decode("latin-1").split(",")}
+                        listed = tokens if listed is None else listed | tokens
+                    continue
                 if kind == _DATE:
                     has_date = True
                 elif kind == _TE:
@@ -1314,6 +1326,16 @@ class Forward:
                     self._upstream_failed("protocol", "upstream sent an invalid response")
                     return
             parts += (name, b": ", value, b"\r\n")
+        if listed:
+            # Rare (a Connection header naming fields): filter the relayed fields again,
+            # as headers.request_head does for requests.
+            kept = parts[1:]
+            del parts[1:]
+            for i in range(0, len(kept), 4):
+                if kept[i].lower().decode("latin-1") not in listed:
+                    parts += kept[i : i + 4]
+            if "date" in listed:
+                has_date = False
         # _count_response, inline (every relayed response).
         self.resp = self.status = code
         route = self.route
