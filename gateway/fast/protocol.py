@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
+from aiohttp import hdrs  # istr names: a multidict lookup without lowercasing the key
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 from httptools import HttpParserCallbackError, HttpParserUpgrade
@@ -190,7 +191,7 @@ def failure_reason(exc: BaseException | None) -> str:
 
 
 def content_length(msg: Any) -> int | None:
-    value = msg.headers.get("Content-Length")
+    value = msg.headers.get(hdrs.CONTENT_LENGTH)
     return int(value) if value is not None else None
 
 
@@ -642,9 +643,9 @@ class ClientConnection(asyncio.Protocol):
         if msg.version.major > 1:
             # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too.
             decision, forward_host = lp.version_refusal, ""
-            values = msg.headers.getall("Host", ())
+            values = msg.headers.getall(hdrs.HOST, ())
         elif target[:1] == "/" and msg.method != "CONNECT" and "#" not in target:
-            values = msg.headers.getall("Host", ())
+            values = msg.headers.getall(hdrs.HOST, ())
             # ListenerPolicy.decide for an origin-form target without a fragment, not
             # CONNECT: exactly its decide_host(value), one call less on the hot path.
             if len(values) == 1:
@@ -652,7 +653,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 decision, forward_host = lp.decide(values, msg.method, target)
         else:
-            values = msg.headers.getall("Host", ())
+            values = msg.headers.getall(hdrs.HOST, ())
             decision, forward_host = lp.decide(values, msg.method, target)
         if decision.action == "forward" and not target.isascii():
             # Raw non-ASCII bytes in the target: not a request-target (RFC 9112 §3.2,
@@ -746,6 +747,21 @@ class ClientConnection(asyncio.Protocol):
                 decision, decision.status, rid, snap.short_sha,
                 self.client_addr or self.peer_ip, msg.method, None, 0.0,
             )  # fmt: skip
+        if (
+            mode != CLOSE
+            and payload is EMPTY_PAYLOAD
+            and self.last_item is None
+            and not self._dispatching
+            and not self.queue
+            and not self.paused
+            and self.discarding is None
+        ):
+            # finish(), for the usual refusal (keep-alive, no body, nothing queued): the
+            # connection goes idle.
+            self.handled += 1
+            self.idle = True
+            self.idle_since = self.loop.time()
+            return
         self.finish(msg, payload, mode != CLOSE)
 
     def _health(self, msg: Any, payload: Any) -> None:
@@ -1001,7 +1017,7 @@ class Forward:
         # client_address() returns the peer for both unless a trusted proxy sent XFF:
         # skip the header lookup when no proxy is trusted.
         xff = (
-            client_address(peer, msg.headers.get("X-Forwarded-For"), trusted)[1]
+            client_address(peer, msg.headers.get(hdrs.X_FORWARDED_FOR), trusted)[1]
             if trusted
             else peer
         )
@@ -1009,7 +1025,7 @@ class Forward:
             cl = self.cl = content_length(msg)
             # A client that sent "Expect: 100-continue" waits for this before sending its
             # body: the decision is made, so ask for it now rather than let its timer run.
-            if msg.headers.get("Expect", "").lower() == "100-continue":
+            if msg.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
                 client.write(prebuilt.CONTINUE)
             if cl is not None:
                 framing = b"Content-Length: %d\r\n" % cl
@@ -1023,7 +1039,7 @@ class Forward:
         if self.upgrade:
             # Hop-by-hop, so dropped like any; an upgrade needs them (nginx's WebSocket
             # proxying sets the same two).
-            upgrade = msg.headers.get("Upgrade", "websocket")
+            upgrade = msg.headers.get(hdrs.UPGRADE, "websocket")
             framing += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade.encode(
                 "utf-8", "surrogateescape"
             )
