@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver
 APT_BENCH := nginx:nginx-light wrk:wrk
 
-.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-profile bench-memory bench-locust soak apt-test clean
+.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-micro: $(STAMP)
 
 bench-reload: $(STAMP)
 	$(BIN)/python -m bench.reload_bench
+
+# Instructions per request (valgrind): steady where timings are not; see bench/RESULTS.md.
+bench-instructions: $(STAMP)
+	scripts/ensure-apt.sh valgrind:valgrind
+	$(BIN)/python -m bench.instructions
 
 bench-profile: $(STAMP)
 	$(BIN)/python -m bench.profile_engine --engines aiohttp,fast --duration 10

@@ -764,3 +764,93 @@ def test_inprocess_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[:2] for line in lines] == [
         ["fast", "refused"], ["fast", "proxied"], ["bare", "refused"], ["bare", "proxied"],
     ]  # fmt: skip
+
+
+class _Pools:
+    loop: Any = None
+
+
+def _recorder() -> Any:
+    from gateway.fast.upstream import UpstreamConnection
+
+    return UpstreamConnection(_Pools(), None, [])  # type: ignore[arg-type]
+
+
+@pytest.mark.sansio
+def test_upstream_parser_records_interim_final_and_keepalive() -> None:
+    """The httptools callbacks only record: a 103 and the final 200 of one read, the body,
+    the end of the response and whether the connection may carry another request."""
+    conn = _recorder()
+    conn.expect(False)
+    conn.parser.feed_data(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        b"HTTP/1.1 200 Fine\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhel"
+    )
+    assert [(code, reason) for code, reason, _ in conn.heads] == [
+        (103, b"Early Hints"),
+        (200, b"Fine"),
+    ]
+    assert conn.heads[1][2] == [(b"X-A", b"1"), (b"Content-Length", b"5")]
+    assert conn.body == [b"hel"] and not conn.complete
+    conn.body.clear()
+    conn.parser.feed_data(b"lo")
+    assert conn.body == [b"lo"] and conn.complete and conn.keep
+    assert conn.finals == 1 and not conn.unsolicited
+    # The next request on the same connection starts clean.
+    conn.expect(False)
+    conn.parser.feed_data(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+    assert [code for code, _, _ in conn.heads] == [204]
+    assert conn.complete and not conn.keep
+
+
+@pytest.mark.sansio
+def test_upstream_parser_head_response_and_bytes_after_it() -> None:
+    """A HEAD response ends at its head whatever its Content-Length says; the parser that
+    may wait for that body is replaced before the next request; a byte after the head in
+    the same read is one the upstream should not have sent."""
+    conn = _recorder()
+    conn.expect(True)
+    conn.parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    assert conn.complete and conn.keep and not conn.unsolicited
+    old = conn.parser
+    conn.expect(False)
+    assert conn.parser is not old
+    conn.parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert conn.complete and conn.body == [b"ok"] and not conn.unsolicited
+    conn.expect(True)
+    conn.parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    assert conn.complete and conn.unsolicited
+
+
+@pytest.mark.sansio
+def test_upstream_parser_counts_a_second_final_response() -> None:
+    conn = _recorder()
+    conn.expect(False)
+    conn.parser.feed_data(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"
+    )
+    assert conn.finals == 2 and conn.unsolicited  # never reused (response-queue poisoning)
+
+
+@pytest.mark.sansio
+def test_response_fields_are_aiohttps_checks() -> None:
+    from gateway.fast.protocol import BadResponse, response_fields
+
+    assert response_fields(b"OK", [(b"A", b"x  "), (b"B", b"\ty\t")]) == [
+        (b"A", b"x"),
+        (b"B", b"\ty"),
+    ]
+    for reason, headers in [
+        (b"OK", [(b"A", b"a\x00b")]),
+        (b"OK", [(b"A", b"a\x01b")]),
+        (b"OK", [(b"A", b"a\x7fb")]),
+        (b"O\x01K", []),
+        (b"x" * 8191, []),
+        (b"OK", [(b"A", b"v" * 8190)]),
+        (b"OK", [(b"A", b"1")] * 129),
+    ]:
+        with pytest.raises(BadResponse):
+            response_fields(reason, headers)
+    assert response_fields(b"OK", [(b"A", b"v" * 8189)]) == [(b"A", b"v" * 8189)]
+    assert len(response_fields(b"OK", [(b"A", b"1")] * 128)) == 128
