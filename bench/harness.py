@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report, wrk
-from bench.proc import REPO_ROOT, ManagedProcess, Pinning, StartError
+from bench.proc import REPO_ROOT, ManagedProcess, Pinning, StartError, settle
 from bench.systems import (
     SCENARIOS,
     SYSTEMS,
@@ -53,47 +53,6 @@ from bench.systems import (
 )
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
-
-# Before each measurement the server core is left to go quiet: every system runs on that
-# core, and one that could not keep up (the aiohttp engine does not hold the paced rate
-# proxied) goes on working off its backlog after its own measurement, inside the next
-# system's. Waited for: the core busy under SETTLE_BUSY over a SETTLE_WINDOW_S window, for
-# at most SETTLE_TIMEOUT_S (then measured anyway, and the wait recorded).
-SETTLE_BUSY = 0.10
-SETTLE_WINDOW_S = 0.2
-SETTLE_TIMEOUT_S = 15.0
-
-
-def core_times(cpu: int) -> tuple[int, int] | None:
-    """(total, idle) jiffies of one core from /proc/stat; None where there is none."""
-    try:
-        text = Path("/proc/stat").read_text()
-    except OSError:
-        return None
-    prefix = f"cpu{cpu} "
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            f = [
-                int(x) for x in line.split()[1:9]
-            ]  # user nice system idle iowait irq softirq steal
-            return sum(f), f[3] + f[4]
-    return None
-
-
-def settle(cpu: int) -> float:
-    """Wait until core ``cpu`` is quiet (see SETTLE_BUSY); returns the seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < SETTLE_TIMEOUT_S:
-        before = core_times(cpu)
-        time.sleep(SETTLE_WINDOW_S)
-        after = core_times(cpu)
-        if before is None or after is None:
-            break
-        total = after[0] - before[0]
-        if total <= 0 or 1 - (after[1] - before[1]) / total < SETTLE_BUSY:
-            break
-    return time.monotonic() - started
-
 
 # Profiles: values used for options the command line leaves unset.
 PROFILES: dict[str, dict[str, Any]] = {

@@ -67,7 +67,7 @@ import uvloop
 
 from bench import report
 from bench.paced import PacedClient, PacedResult, percentile
-from bench.proc import LOOPBACK, REPO_ROOT, ManagedProcess, Pinning, StartError
+from bench.proc import LOOPBACK, REPO_ROOT, ManagedProcess, Pinning, StartError, settle
 from bench.systems import UPSTREAM, Context, SystemState, have_nginx
 from bench.systems import start as start_system
 
@@ -473,10 +473,24 @@ def slowest_by_reload(
     return out
 
 
-async def measure_all(gw: GatewayProcess, variants: list[Variant], opts: Options) -> dict[str, Any]:
+async def measure_all(
+    gw: GatewayProcess, variants: list[Variant], opts: Options, server_cpu: int | None
+) -> dict[str, Any]:
+    waits: dict[str, float] = {}
+
+    async def quiet(phase: str) -> None:
+        # As bench.harness: the gateway's core is left to go quiet before each phase, so
+        # that other work sharing it (a test suite, another benchmark) shows as a wait in
+        # the results rather than as a p99 ratio.
+        if server_cpu is not None:
+            waits[phase] = round(await asyncio.to_thread(settle, server_cpu), 2)
+            if waits[phase] > 1.0:
+                say(f"  waited {waits[phase]:.1f} s for core {server_cpu} to go quiet")
+
     if opts.warmup > 0:
         say(f"warm-up: {opts.warmup:g} s at {opts.rate:,.0f} req/s")
         await paced_phase(gw.port, opts, opts.warmup)
+    await quiet("baseline")
     say(f"baseline: {opts.duration:g} s at {opts.rate:,.0f} req/s, no reloads")
     baseline, base_client = await paced_phase(gw.port, opts, opts.duration)
     say(f"  {_paced_line(baseline)}")
@@ -484,6 +498,7 @@ async def measure_all(gw: GatewayProcess, variants: list[Variant], opts: Options
         f"with reloads: {opts.duration:g} s at {opts.rate:,.0f} req/s, "
         f"{len(variants)} reloads every {opts.interval:g} s ({opts.trigger})"
     )
+    await quiet("with_reloads")
     t_start = time.monotonic()
     driver = asyncio.ensure_future(drive_reloads(gw, variants, opts, t_start))
     try:
@@ -504,6 +519,7 @@ async def measure_all(gw: GatewayProcess, variants: list[Variant], opts: Options
             "slowest": slowest_by_reload(client, records),
         },
         "reloads": [r.to_json() for r in records],
+        "settle_s": waits,  # seconds waited for the gateway's core to go quiet, per phase
     }
 
 
@@ -823,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
         rss_start = rss_mb(gw.proc.pid)
-        measured = uvloop.run(measure_all(gw, variants, opts))
+        server_cpu = pinning.server_cpu if pinning.enabled else None
+        measured = uvloop.run(measure_all(gw, variants, opts, server_cpu))
         rss_end = rss_mb(gw.proc.pid)
         if gw.proc.exit_code() is not None:
             raise StartError(f"the gateway exited during the run: {gw.proc.log_tail()}")
