@@ -89,10 +89,32 @@ def respond(head: bytes, body: bytes) -> bytes:
             b"HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nX-Keep: 2\r\n"
             b"connection: X-Other\r\nX-Other: 3\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n" + ok
         )
+    if path == b"/cl-space":
+        return b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2 \r\n\r\nok"
+    if path == b"/leading-crlf-nul":
+        return b"\r\n\r\nHTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\n" + ok
+    if path == b"/lf-space":
+        return b"HTTP/1.1 200 OK\r\nX-A: v \nContent-Length: 2\r\n\r\nok"
+    if path == b"/trailers":
+        return (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        )
+    if path == b"/partial-second":
+        # A complete response, then the start of another: the upstream connection must
+        # not carry the next request (its answer would be read after this head).
+        return ok_response(b"first") + b"HTTP/1.1 302 Found\r\nLocation: http://evil/\r\nX: "
     if path == b"/ws-key1":
         return b"HTTP/1.1 200 OK\r\nSec-WebSocket-Key1: x\r\n" + ok
     out = b"%s %d" % (path, len(body))
     return b"HTTP/1.1 200 OK\r\n" + ctype + b"Content-Length: %d\r\n\r\n%s" % (len(out), out)
+
+
+def ok_response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
 
 def handler(conn: Conn) -> None:
@@ -358,7 +380,16 @@ CASES = [
             "bare-lf",
             "ws-key1",
             "conn-named",
+            "cl-space",
+            "leading-crlf-nul",
+            "lf-space",
+            "trailers",
         )
+    ),
+    Case(
+        "partial-second-response-then-get",
+        req(b"GET /partial-second HTTP/1.1", H) + req(b"GET /after HTTP/1.1", H, CLOSE),
+        2,
     ),
     Case(
         "head-then-get",

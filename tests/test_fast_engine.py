@@ -399,6 +399,32 @@ def test_upstream_protocol_errors_are_502(raw_upstream: Any, tmp_path: Path) -> 
         assert metric_sum(m, "gateway_requests_in_flight") == 0
 
 
+def test_endless_trailer_fields_are_bounded(raw_upstream: Any, tmp_path: Path) -> None:
+    """Trailer fields are not relayed, and what is not body is bounded (aiohttp's parser
+    refuses more than 128 fields or an 8 KB field): an upstream that streams trailer
+    fields without end gets its response cut, not the gateway's memory filled. Runs over
+    both engines."""
+
+    def handler(conn: Conn) -> None:
+        if conn.read_request() is None:
+            return
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(400):  # 400 x 16 KB of trailer fields
+                conn.send(b"X-T: v\r\n" * 2048)
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url), tmp_path) as gw, connect(gw) as s:
+        s.sendall(GET % b"/trailers")
+        with pytest.raises(ConnectionError):
+            read_response(s, bytearray())
+        # Counted as an upstream error ("protocol" by the fast engine, "reset" by the
+        # aiohttp engine, which counts any failure after the head as a reset).
+        wait_until(
+            lambda: metric_sum(gw.metrics(), "gateway_upstream_errors_total") >= 1, timeout=15
+        )
+
+
 def test_read_timeout_mid_body_cuts_the_response(raw_upstream: Any, tmp_path: Path) -> None:
     def handler(conn: Conn) -> None:
         if conn.read_request() is None:
@@ -854,3 +880,27 @@ def test_response_fields_are_aiohttps_checks() -> None:
             response_fields(reason, headers)
     assert response_fields(b"OK", [(b"A", b"v" * 8189)]) == [(b"A", b"v" * 8189)]
     assert len(response_fields(b"OK", [(b"A", b"1")] * 128)) == 128
+
+
+@pytest.mark.sansio
+def test_upstream_parser_flags_a_partial_second_head() -> None:
+    """A response, then the start of another in the same read: the connection is never
+    pooled (the rest of that head would be read as the next request's response)."""
+    conn = _recorder()
+    conn.expect(False)
+    conn.parser.feed_data(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 302 Found\r\nLocation: x\r\nX: "
+    )
+    assert conn.complete and conn.keep and conn.finals == 1
+    assert conn.unsolicited
+
+
+@pytest.mark.sansio
+def test_interim_heads_get_the_parsers_checks_only() -> None:
+    """A swallowed interim head is held to aiohttp's parser (NUL, limits), not to its
+    writer (other control characters), as the aiohttp engine does."""
+    from gateway.fast.protocol import BadResponse, response_fields
+
+    assert response_fields(b"EH", [(b"L", b"a\x01b ")], relayed=False) == [(b"L", b"a\x01b")]
+    with pytest.raises(BadResponse):
+        response_fields(b"EH", [(b"L", b"a\x00b")], relayed=False)

@@ -137,9 +137,10 @@ P_DEAD = 8  # the parser failed: nothing after the failure is read
 OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_EOF = 0, 1, 2, 3
 HEAD_END = b"\r\n\r\n"
 # A response head's bytes with every control character but CR and LF (tab included)
-# turned into NUL: one scan for NUL then finds a head that needs a field by field look.
-CONTROLS_TO_NUL = bytes(
-    0 if (b < 0x20 and b not in (0x0D, 0x0A)) or b == 0x7F else b for b in range(256)
+# turned into NUL, and CR into LF: a scan for NUL and one for a space before LF then find
+# a head that needs a field by field look.
+HEAD_SCAN = bytes(
+    0x0A if b == 0x0D else 0 if (b < 0x20 and b != 0x0A) or b == 0x7F else b for b in range(256)
 )
 
 
@@ -147,13 +148,16 @@ class BadResponse(Exception):
     """An upstream response aiohttp's parser would refuse."""
 
 
-def response_fields(reason: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_fields(
+    reason: bytes, headers: list[tuple[bytes, bytes]], relayed: bool = True
+) -> list[tuple[bytes, bytes]]:
     """The checks aiohttp's response parser makes on top of llhttp's (limits, NUL) and its
     trailing whitespace stripping (llhttp strips only the leading one, RFC 9110 §5.5);
-    and the control characters aiohttp's writer refuses to send. Raises ``BadResponse``."""
+    and, for a head that is ``relayed`` (not an interim one, which is swallowed), the
+    control characters aiohttp's writer refuses to send. Raises ``BadResponse``."""
     if len(reason) > MAX_FIELD:
         raise BadResponse("status line too long")
-    if FORBIDDEN_IN_FIELD.search(reason.decode("latin-1")) is not None:
+    if relayed and FORBIDDEN_IN_FIELD.search(reason.decode("latin-1")) is not None:
         raise BadResponse("control character in the reason phrase")
     if len(headers) > MAX_HEADERS:
         raise BadResponse("too many header fields")
@@ -161,8 +165,10 @@ def response_fields(reason: bytes, headers: list[tuple[bytes, bytes]]) -> list[t
     for name, value in headers:
         if len(name) + len(value) > MAX_FIELD:
             raise BadResponse("header field too long")
+        if b"\x00" in value:
+            raise BadResponse("NUL in a header field")
         value = value.rstrip(b" \t")
-        if FORBIDDEN_IN_FIELD.search(value.decode("latin-1")) is not None:
+        if relayed and FORBIDDEN_IN_FIELD.search(value.decode("latin-1")) is not None:
             raise BadResponse("control character in a header field")
         out.append((name, value))
     return out
@@ -1230,11 +1236,7 @@ class Forward:
         conn = self.conn
         assert conn is not None and conn.parser is not None
         tail = b""
-        if self.resp is None:
-            conn.head_bytes += len(data)
-            if conn.head_bytes > MAX_HEAD:
-                self._upstream_failed("protocol", "upstream sent an invalid response")
-                return
+        conn.fed += len(data)
         try:
             conn.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -1245,35 +1247,41 @@ class Forward:
             self._upstream_failed("protocol", "upstream sent an invalid response")
             return
         except Exception:
-            self._upstream_failed("protocol", "upstream sent an invalid response")
-            return
+            if not (conn.head_only and conn.complete):
+                self._upstream_failed("protocol", "upstream sent an invalid response")
+                return
+            # Bytes after a HEAD response's head that the old parser read as its body:
+            # the response stands (aiohttp's parser skips a HEAD response's body), the
+            # connection is not reused.
+            conn.unsolicited = True
         heads = conn.heads
         if heads:
+            # A head in one read, starting it, under aiohttp's limits, with no control
+            # character (tab included) and no space before a line end, is relayed as
+            # llhttp reported it; any other (interim heads too) is looked at field by
+            # field (response_fields: aiohttp's checks, and its whitespace stripping).
+            end = data.find(HEAD_END)
+            check = (
+                end < 12  # none, or CRLFs before the status line (llhttp skips them)
+                or end > MAX_FIELD
+                or len(heads) > 1
+                or conn.fed != len(data)
+                or b" \n" in (scan := data[: end + 2].translate(HEAD_SCAN))
+                or b"\x00" in scan
+            )
             for code, reason, headers in heads:
+                if check or len(headers) > MAX_HEADERS:
+                    try:
+                        headers = response_fields(reason, headers, code >= 200)
+                    except BadResponse:
+                        heads.clear()
+                        self._upstream_failed("protocol", "upstream sent an invalid response")
+                        return
                 if code < 200 and code != 101:
                     continue  # interim (103 Early Hints...): swallowed, as aiohttp's client does
                 if self.resp is not None:
                     conn.unsolicited = True  # a second response to one request: never reuse
                     break
-                # A head in one read, under aiohttp's limits, with no control character
-                # (tab included) and no space before a CR, is relayed as llhttp reported
-                # it; any other is looked at field by field (response_fields).
-                end = data.find(HEAD_END)
-                if (
-                    end < 0
-                    or len(heads) > 1
-                    or conn.head_bytes != len(data)
-                    or conn.head_bytes > MAX_FIELD
-                    or len(headers) > MAX_HEADERS
-                    or b" \r" in (head := data[:end])
-                    or b"\x00" in head.translate(CONTROLS_TO_NUL)
-                ):
-                    try:
-                        headers = response_fields(reason, headers)
-                    except BadResponse:
-                        heads.clear()
-                        self._upstream_failed("protocol", "upstream sent an invalid response")
-                        return
                 self._response_head(code, reason, headers)
                 if self.tunnel:
                     heads.clear()
@@ -1287,9 +1295,17 @@ class Forward:
             if conn.finals > 1:
                 conn.unsolicited = True
         if self.resp is not None:
+            if conn.headers:
+                conn.headers.clear()  # trailer fields: not relayed
             self._pump_response(conn.complete)
-        if not self.done:
-            self.activity = self.L.loop.time()
+            if self.done:
+                return
+        # What is not body (heads, chunk framing, trailers) is bounded, as aiohttp's
+        # limits bound it; httptools joins a field's pieces without a limit.
+        if conn.fed > MAX_HEAD + 64 * conn.chunks:
+            self._upstream_failed("protocol", "upstream sent an invalid response")
+            return
+        self.activity = self.L.loop.time()
 
     def _response_head(self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Build the head relayed to the client (as proxy.Forwarder._relay): the upstream's
@@ -1373,7 +1389,10 @@ class Forward:
         else:
             # No length and not chunked (its last coding, RFC 9112 §6.3): llhttp reads the
             # body until the upstream closes.
-            self.until_eof = te is None or (te.rsplit(b",", 1)[-1].strip().lower() != b"chunked")
+            # (llhttp strips spaces only: "chunked\t" is not chunked to it)
+            self.until_eof = te is None or (
+                te.rsplit(b",", 1)[-1].strip(b" ").lower() != b"chunked"
+            )
             if self.msg.version.minor >= 1:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.out = OUT_CHUNKED
@@ -1412,6 +1431,7 @@ class Forward:
         if body:
             data = body[0] if len(body) == 1 else b"".join(body)
             body.clear()
+            conn.fed -= len(data)  # upstream_data bounds what is not body
         else:
             data = b""
         out = self.out

@@ -84,11 +84,12 @@ class UpstreamUser(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "body",
+        "chunks",
         "closed",
         "code",
         "complete",
+        "fed",
         "finals",
-        "head_bytes",
         "head_only",
         "headers",
         "heads",
@@ -133,7 +134,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep = False
         self.head_only = False
-        self.head_bytes = 0
+        # Bytes fed for this response, and chunk headers seen (protocol.Forward bounds
+        # the bytes that are not body: trailers, chunk framing, a second head).
+        self.fed = 0
+        self.chunks = 0
 
     # -- the response parser (httptools: llhttp with callbacks) -----------------------------
     #
@@ -143,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
     # record, so one feed may hold an interim response, the final one and bytes after it,
     # and protocol.Forward decides on all of it once the feed returns. aiohttp's leniencies
     # for responses are set the same way (``new_parser``), and its own checks on top of
-    # llhttp are made by protocol.Forward (``response_fields_ok``).
+    # llhttp are made by protocol.Forward (``response_fields``).
 
     def new_parser(self) -> None:
         parser = httptools.HttpResponseParser(self)
@@ -166,17 +170,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.finals = 0
         self.complete = False
         self.keep = False
-        self.head_bytes = 0
+        self.fed = 0
+        self.chunks = 0
         self.heads.clear()
         self.body.clear()
         if self.headers:
             self.headers = []  # what a failed response left
         self.reason = b""
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A message after the response to the request: even one not complete yet
+            # (a head cut at the end of the read) must keep the connection out of the pool,
+            # or its rest would be read as the next request's response.
+            self.unsolicited = True
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # After the final head this is a trailer field: not relayed (neither engine
+        # forwards trailers); protocol.Forward drops them at each read.
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -197,6 +211,11 @@ class UpstreamConnection(asyncio.Protocol):
                 # it reads meanwhile is one the upstream should not have sent.
                 self.complete = True
                 self.keep = parser.should_keep_alive()
+
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+        if self.complete:
+            self.unsolicited = True  # a chunked body after a HEAD response's head
 
     def on_body(self, data: bytes) -> None:
         if self.complete:
