@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.config import LoadedConfig
 from gateway.counters import Counters
 from gateway.logs import RefusalLog
-from gateway.policy import Snapshot, compile_config
+from gateway.policy import Decision, Snapshot, compile_config
 from gateway.topk import BlockedHosts
+from gateway.wire import printable
 
 RELOADS = "gateway_config_reloads_total"
 REFUSED_CONN = "gateway_connections_refused_total"
@@ -69,6 +70,20 @@ class Runtime:
             return False
         self.connections_open[listener] = open_now + 1
         return True
+
+    def note_blocked(
+        self, host_values: Sequence[str], decision: Decision
+    ) -> tuple[str | None, str]:
+        """A refused (or, in report mode, would-be-refused) request's Host in the top
+        blocked hosts, for both engines; returns (the Host as logged: printable, None when
+        there was not exactly one; the reason as logged)."""
+        host = host_values[0] if len(host_values) == 1 else None
+        if host is not None and not host.isascii():
+            host = printable(host)
+        reason = "would_block" if decision.would_block else decision.label
+        if host is not None:
+            self.blocked.add(decision.environment, host, reason, time.time())
+        return host, reason
 
     def refused_connection(self, listener: str, reason: str) -> None:
         self.counters.values[self.counters.slot(REFUSED_CONN, (listener, reason))] += 1

@@ -32,7 +32,6 @@ from gateway.wire import (
     SNI_ATTR,
     open_listener,
     origin_form,
-    printable,
     sni_matches,
 )
 
@@ -144,12 +143,7 @@ class ListenerEngine:
     ) -> None:
         """Top blocked hosts and the rate-limited refusal log (would-block ones too)."""
         rt = self.runtime
-        host = host_values[0] if len(host_values) == 1 else None
-        if host is not None and not host.isascii():
-            host = printable(host)
-        reason = "would_block" if decision.would_block else decision.label
-        if host is not None:
-            rt.blocked.add(decision.environment, host, reason, time.time())
+        host, reason = rt.note_blocked(host_values, decision)
         rt.refusal_log.record(
             "would block (report mode)" if decision.would_block else "refused",
             {

@@ -57,7 +57,7 @@ from gateway.fast.upstream import (
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
 from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address
 from gateway.runtime import Runtime
-from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, printable, sni_matches
+from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 log = logging.getLogger("gateway.fast")
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
@@ -697,12 +697,7 @@ class ClientConnection(asyncio.Protocol):
         """server.ListenerEngine._note_refusal: the top blocked hosts and the rate-limited
         refusal log (would-block ones too)."""
         rt = self.L.runtime
-        host = values[0] if len(values) == 1 else None
-        if host is not None and not host.isascii():
-            host = printable(host)
-        reason = "would_block" if decision.would_block else decision.label
-        if host is not None:
-            rt.blocked.add(decision.environment, host, reason, time.time())
+        host, reason = rt.note_blocked(values, decision)
         log = rt.refusal_log
         if not log.take():
             # Dropped by the rate limit: a flood of refusals (the case the limit exists
