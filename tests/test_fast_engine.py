@@ -595,6 +595,52 @@ def test_websocket_passes_through(upstream: Upstream, tmp_path: Path) -> None:
         assert r.status == 503
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(b"Sec-WebSocket-Key1: x\r\n", id="old-handshake-field"),
+        pytest.param(b"X-Bad: a\x00b\r\n", id="nul"),
+        pytest.param(None, id="no-upgrade-fields"),
+    ],
+)
+def test_bad_101_is_a_refused_websocket(
+    raw_upstream: Any, tmp_path: Path, extra: bytes | None
+) -> None:
+    """An upstream 101 that aiohttp's client would not accept: both engines answer the
+    upgrade with "502 upstream refused the WebSocket" and count a connect error."""
+
+    def handler(conn: Conn) -> None:
+        req = conn.read_request()
+        if req is None:
+            return
+        key = re.search(rb"Sec-WebSocket-Key: (\S+)", req[0])
+        assert key is not None
+        accept = base64.b64encode(
+            hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        fields = b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + (extra or b"")
+        if extra is None:
+            fields = b""
+        conn.send(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            + fields
+            + b"Sec-WebSocket-Accept: "
+            + accept
+            + b"\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            conn.sock.recv(1)
+
+    up = raw_upstream(handler)
+    with running_gateway(config(up.url), tmp_path) as gw:
+        s, r, _, _ = _ws_handshake(gw.port())
+        s.close()
+        assert (r.status, r.body) == (502, b"502 upstream refused the WebSocket\n")
+        wait_until(
+            lambda: metric_sum(gw.metrics(), "gateway_upstream_errors_total", kind="connect") >= 1
+        )
+
+
 def test_websocket_idle_timeout(upstream: Upstream, tmp_path: Path) -> None:
     cfg = config(upstream.url)
     cfg["timeouts"] = {"websocket_idle_s": 1.0}

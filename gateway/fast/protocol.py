@@ -1313,7 +1313,8 @@ class Forward:
             self._upstream_failed("connect", "upstream refused the WebSocket")
             return
         if code == 101:
-            if not self.upgrade:
+            if not self.upgrade or any(n.lower() == b"sec-websocket-key1" for n, _ in headers):
+                # (aiohttp's parser refuses the old handshake's field in any response)
                 self._upstream_failed("protocol", "upstream sent an invalid response")
                 return
             self._count_response(code)
@@ -1553,6 +1554,10 @@ class Forward:
     def _upstream_failed(self, kind: str, text: str) -> None:
         if self.done:
             return
+        if self.upgrade and self.resp is None:
+            # Whatever went wrong before the tunnel, the aiohttp engine's ws_connect
+            # failed: one answer and one error kind for it.
+            kind, text = "connect", "upstream refused the WebSocket"
         self.L.pools.stats.error(self.env.name, kind)
         if self.resp is None:
             self._fail(502, text)
