@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need: binary:package
-APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver
+APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver valgrind:valgrind
 APT_BENCH := nginx:nginx-light wrk:wrk
 
 .PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean

@@ -78,3 +78,14 @@ def test_harness_smoke(tmp_path: Path) -> None:
     pids += [results["upstream"]["pid"]] if results["upstream"].get("pid") else []
     leftovers = [pid for pid in pids if group_alive(pid)]
     assert not leftovers, f"process groups still alive: {leftovers}"
+
+
+def test_instructions_per_request_smoke() -> None:
+    """bench.instructions (make bench-instructions) reads valgrind's count: the bare
+    sketch's refused path costs thousands of instructions, not zero and not millions."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (scripts/ensure-apt.sh valgrind:valgrind)")
+    from bench import instructions
+
+    per_request = instructions.per_request("refused", "bare", 2000)
+    assert 1_000 < per_request < 1_000_000
