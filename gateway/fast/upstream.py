@@ -43,8 +43,9 @@ REAP_EVERY_S = 5.0
 READ_LIMIT = 2**16
 # aiohttp's response parser limits (its defaults, which its client uses): a status line or
 # a field (name + value) longer than MAX_FIELD, or more than MAX_HEADERS fields, is an
-# invalid response. httptools joins a field's pieces without a limit, so the bytes read
-# before a head is complete are capped as well (MAX_HEAD): a memory bound, not a new rule.
+# invalid response. httptools joins a field's pieces without a limit, so the bytes of a
+# response that are not body (heads, chunk framing, trailers) are capped as well, at
+# MAX_HEAD plus 64 bytes a chunk (protocol.Forward.upstream_data): a memory bound.
 MAX_FIELD = 8190
 MAX_HEADERS = 128
 MAX_HEAD = MAX_HEADERS * (MAX_FIELD + 4) + MAX_FIELD + 4
