@@ -416,8 +416,14 @@ def test_endless_trailer_fields_are_bounded(raw_upstream: Any, tmp_path: Path) -
     up = raw_upstream(handler)
     with running_gateway(config(up.url), tmp_path) as gw, connect(gw) as s:
         s.sendall(GET % b"/trailers")
-        with pytest.raises(ConnectionError):
-            read_response(s, bytearray())
+        # Cut after the head was relayed; or, when the head and too many trailer fields
+        # reached aiohttp's parser in one read (under load), a 502 instead of the head.
+        try:
+            r = read_response(s, bytearray())
+        except ConnectionError:
+            pass
+        else:
+            assert (r.status, r.body) == (502, b"502 upstream sent an invalid response\n")
         # Counted as an upstream error ("protocol" by the fast engine, "reset" by the
         # aiohttp engine, which counts any failure after the head as a reset).
         wait_until(
