@@ -80,14 +80,21 @@ NO_BODY_STATUS = frozenset({204, 304})
 FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def connection_tokens(value: bytes) -> set[str]:
+    """The field names one ``Connection`` value lists, lowercased. Read as Latin-1 and
+    stripped as ``str``, which strips more than ``bytes.strip()`` (NBSP, NEL, \\x1c-\\x1f):
+    both engines, requests and responses, split it here."""
+    return {t.strip().lower() for t in value.decode("latin-1").split(",")}
+
+
 def connection_listed(raw_headers: Sequence[tuple[bytes, bytes]]) -> set[str]:
-    """The field names a message's ``Connection`` header lists (lowercased): hop-by-hop
+    """The field names a message's ``Connection`` headers list (lowercased): hop-by-hop
     for this connection only, so a proxy removes them before forwarding (RFC 9110
     §7.6.1), in requests and in responses alike."""
     listed: set[str] = set()
     for raw_name, value in raw_headers:
         if raw_name.lower() == b"connection":
-            listed.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+            listed |= connection_tokens(value)
     return listed
 
 
@@ -415,19 +422,19 @@ def upstream_headers(
     request_id: str,
 ) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
-    connection_tokens: set[str] = set()
+    listed: set[str] = set()
     for raw_name, value in raw_headers:
         name = raw_name.decode("latin-1")
         lname = name.lower()
         if lname == "connection":
-            connection_tokens.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+            listed |= connection_tokens(value)
             continue
         # Any name with "_": WSGI servers turn it into "-" and an app reading
         # HTTP_X_FORWARDED_HOST would see the client's value (contract §2).
         if lname in DROP_REQUEST or "_" in lname:
             continue
         headers.add(name, header_text(value))
-    for token in connection_tokens:
+    for token in listed:
         headers.popall(token, None)
     headers["Host"] = forward_host
     headers["X-Forwarded-For"] = xff

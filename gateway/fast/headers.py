@@ -17,9 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.proxy import DROP_REQUEST
+from gateway.proxy import DROP_REQUEST, connection_tokens
 
 DROP_REQUEST_B = frozenset(name.encode("ascii") for name in DROP_REQUEST)
+
+
+def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:
+    """Remove from ``parts`` (name, ": ", value, CRLF groups from ``start`` on) the fields
+    a Connection header ``listed``; in place (requests and relayed responses)."""
+    kept = parts[start:]
+    del parts[start:]
+    for i in range(0, len(kept), 4):
+        if kept[i].lower().decode("latin-1") not in listed:
+            parts += kept[i : i + 4]
 
 
 def request_head(
@@ -41,19 +51,14 @@ def request_head(
     for name, value in raw_headers:
         lname = name.lower()
         if lname == b"connection":
-            tokens = {t.strip().lower() for t in value.decode("latin-1").split(",")}
+            tokens = connection_tokens(value)
             listed = tokens if listed is None else listed | tokens
             continue
         if lname in DROP_REQUEST_B or b"_" in lname:
             continue
         parts += (name, b": ", value, b"\r\n")
     if listed:
-        # Rare (a Connection header naming fields): filter the kept fields again.
-        kept = parts[6:]
-        parts = parts[:6]
-        for i in range(0, len(kept), 4):
-            if kept[i].lower().decode("latin-1") not in listed:
-                parts += kept[i : i + 4]
+        drop_listed(parts, 6, listed)  # rare: a Connection header naming fields
     parts += (
         b"X-Forwarded-For: ", xff,
         b"\r\nX-Forwarded-Proto: ", proto,

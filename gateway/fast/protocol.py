@@ -42,7 +42,7 @@ from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
 from gateway.fast import prebuilt
 from gateway.fast.chunked import ChunkedFraming
-from gateway.fast.headers import request_head
+from gateway.fast.headers import drop_listed, request_head
 from gateway.fast.prebuilt import CLOSE, KEEP_10, KEEP_11, DateLine, Refusal, RequestIds
 from gateway.fast.upstream import (
     MAX_FIELD,
@@ -55,7 +55,7 @@ from gateway.fast.upstream import (
     UpstreamPools,
 )
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
-from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address
+from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address, connection_tokens
 from gateway.runtime import Runtime
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
@@ -1313,7 +1313,9 @@ class Forward:
             self._upstream_failed("connect", "upstream refused the WebSocket")
             return
         if code == 101:
-            if not self.upgrade or any(n.lower() == b"sec-websocket-key1" for n, _ in headers):
+            if not self.upgrade or any(
+                RESPONSE_SPECIAL.get(n.lower()) == _INVALID for n, _ in headers
+            ):
                 # (aiohttp's parser refuses the old handshake's field in any response)
                 self._upstream_failed("protocol", "upstream sent an invalid response")
                 return
@@ -1342,7 +1344,7 @@ class Forward:
                     continue
                 if kind == _CONN:
                     if value not in CONNECTION_PLAIN:
-                        tokens = {t.strip().lower() for t in value.decode("latin-1").split(",")}
+                        tokens = connection_tokens(value)
                         listed = tokens if listed is None else listed | tokens
                     continue
                 if kind == _DATE:
@@ -1355,22 +1357,10 @@ class Forward:
                     return
             parts += (name, b": ", value, b"\r\n")
         if listed:
-            # Rare (a Connection header naming fields): filter the relayed fields again,
-            # as headers.request_head does for requests.
-            kept = parts[1:]
-            del parts[1:]
-            for i in range(0, len(kept), 4):
-                if kept[i].lower().decode("latin-1") not in listed:
-                    parts += kept[i : i + 4]
+            drop_listed(parts, 1, listed)  # rare: a Connection header naming fields
             if "date" in listed:
                 has_date = False
-        # _count_response, inline (every relayed response).
-        self.resp = self.status = code
-        route = self.route
-        assert route is not None
-        klass = code // 100
-        route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
-        route.histogram.observe(L.loop.time() - self.started)
+        self._count_response(code)
         parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         if expose:
             parts += (b"X-Gateway-Config: ", snap.short_sha.encode("ascii"), b"\r\n")
