@@ -398,8 +398,8 @@ class AdminApp:
         self, environment: str | None, clear: bool
     ) -> dict[str, list[dict[str, object]]]:
         if clear:
-            self.runtime.blocked.clear(environment)
-        return self.runtime.blocked.snapshot()
+            self.runtime.clear_blocked(environment)
+        return self.runtime.blocked_snapshot()
 
     async def blocked_hosts(self, request: web.Request) -> web.Response:
         env = request.query.get("environment")

@@ -127,6 +127,16 @@ def _log_serving(runtime: Runtime, engine_name: str, workers: int = 1) -> None:
     )
 
 
+def _start_background(runtime: Runtime) -> list[asyncio.Task[None]]:
+    """A worker's periodic housekeeping: the refusal log's suppressed-lines summary and the
+    top blocked hosts' fold (runtime.Runtime.note_blocked)."""
+    loop = asyncio.get_running_loop()
+    return [
+        loop.create_task(runtime.refusal_log.run()),
+        loop.create_task(runtime.fold_blocked_forever()),
+    ]
+
+
 def _stop_event(on_hup: Callable[[], None], access_log: AccessLog | None) -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,9 +173,10 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
         raise
     _log_serving(runtime, engine.name)
     reloader.start(watch=opts.watch)
-    suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
+    background = _start_background(runtime)
     await stop.wait()
-    suppressed.cancel()
+    for task in background:
+        task.cancel()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
     runtime.draining = True
@@ -292,8 +303,8 @@ async def serve_worker(
 
     async def blocked(request: web.Request) -> web.Response:
         if request.method == "DELETE":
-            runtime.blocked.clear(request.query.get("environment"))
-        return web.json_response(runtime.blocked.snapshot())
+            runtime.clear_blocked(request.query.get("environment"))
+        return web.json_response(runtime.blocked_snapshot())
 
     app = web.Application()
     app.router.add_get("/blocked", blocked)
@@ -305,9 +316,10 @@ async def serve_worker(
     await runner.setup()
     await web.UnixSite(runner, control).start()
     reloader.start(watch=opts.watch)
-    suppressed = asyncio.get_running_loop().create_task(runtime.refusal_log.run())
+    background = _start_background(runtime)
     await stop.wait()
-    suppressed.cancel()
+    for task in background:
+        task.cancel()
     runtime.draining = True
     await engine.close_listeners()
     await engine.shutdown(opts.drain_timeout)

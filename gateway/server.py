@@ -26,7 +26,7 @@ from gateway.config import Bind
 from gateway.policy import Decision, EnvPolicy
 from gateway.proxy import BodyTooLarge, ClientBodyError, Forwarder, client_address, upstream_headers
 from gateway.responses import new_request_id, refusal_text
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, logged_fields
 from gateway.wire import (
     DISCARD_LIMIT,
     SNI_ATTR,
@@ -143,7 +143,8 @@ class ListenerEngine:
     ) -> None:
         """Top blocked hosts and the rate-limited refusal log (would-block ones too)."""
         rt = self.runtime
-        host, reason = rt.note_blocked(host_values, decision)
+        rt.note_blocked(host_values, decision)
+        host, reason = logged_fields(host_values, decision)
         rt.refusal_log.record(
             "would block (report mode)" if decision.would_block else "refused",
             {
@@ -437,7 +438,7 @@ class _Handler(RequestHandler):
             end = data.find(b"\r\n\r\n", start)
             stop = len(data) if end == -1 else end + 4
             head = data[start:stop].lower()
-            if b"content-length" in head or b"transfer-encoding" in head:
+            if head.find(b"content-length") >= 0 or head.find(b"transfer-encoding") >= 0:
                 # A request with a body: its body errors must refuse it before dispatch,
                 # as when parsed in one go. Only bodiless requests are split off.
                 stop = len(data)

@@ -50,28 +50,30 @@ class TopK:
         self.slots: dict[str, Slot] = {}
         self._heap: list[tuple[int, str]] = []
 
-    def add(self, raw: str, reason: str, now: float) -> None:
+    def add(self, raw: str, reason: str, now: float, n: int = 1) -> None:
+        """Count ``raw`` ``n`` times (a batch of refusals folded at once: see
+        runtime.Runtime.note_blocked); Space-Saving takes weights as they are."""
         truncated = len(raw) > MAX_VALUE_CHARS
         key = raw[:MAX_VALUE_CHARS] if truncated else raw
         slot = self.slots.get(key)
         if slot is not None:
             # The usual case (the same refused Host again): no heap work at all; the
             # key's heap entry becomes a lower bound, corrected when it reaches the top.
-            slot.count += 1
+            slot.count += n
             slot.last_seen = now
             slot.reason = reason
             if truncated:
                 slot.truncated = True
             return
         if len(self.slots) < self.k:
-            self.slots[key] = Slot(key, truncated, 1, 0, reason, now, now)
-            heapq.heappush(self._heap, (1, key))
+            self.slots[key] = Slot(key, truncated, n, 0, reason, now, now)
+            heapq.heappush(self._heap, (n, key))
             return
         victim = self._pop_min()
         floor = victim.count
         del self.slots[victim.value]
-        self.slots[key] = Slot(key, truncated, floor + 1, floor, reason, now, now)
-        heapq.heappush(self._heap, (floor + 1, key))
+        self.slots[key] = Slot(key, truncated, floor + n, floor, reason, now, now)
+        heapq.heappush(self._heap, (floor + n, key))
 
     def _pop_min(self) -> Slot:
         # One heap entry per slot, holding a count that may have grown since: the top is
@@ -104,12 +106,12 @@ class BlockedHosts:
         self.k = k
         self.per_env: dict[str, TopK] = {}
 
-    def add(self, environment: str, raw: str, reason: str, now: float) -> None:
+    def add(self, environment: str, raw: str, reason: str, now: float, n: int = 1) -> None:
         tk = self.per_env.get(environment)
         if tk is None:
             # Environment names come from the config, never from the request: bounded.
             tk = self.per_env[environment] = TopK(self.k)
-        tk.add(raw, reason, now)
+        tk.add(raw, reason, now, n)
 
     def snapshot(self) -> dict[str, list[dict[str, object]]]:
         return {env: [s.as_dict() for s in tk.top()] for env, tk in self.per_env.items()}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+import time
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,3 +100,106 @@ def test_topk_picks_the_same_victims_as_a_plain_scan(values: list[str], k: int) 
     got = {s.value: (s.count, s.error) for s in tk.slots.values()}
     assert got == _reference_space_saving(values, k)
     assert len(tk._heap) == len(tk.slots)  # one heap entry per slot, never more
+
+
+# -- the runtime's batched fold (Runtime.note_blocked) ----------------------------------------
+
+
+def _runtime(tmp_path: Any) -> Any:
+    from gateway.config import load_file
+    from gateway.runtime import Runtime
+
+    cfg = tmp_path / "gateway.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "environments": [
+                    {
+                        "name": "prod",
+                        "hostname": "prod.example",
+                        "secure_endpoints": ["www.prod.example"],
+                        "upstreams": ["http://127.0.0.1:9"],
+                    }
+                ],
+                "listeners": [
+                    {
+                        "name": "main",
+                        "bind": "127.0.0.1:0",
+                        "environments": ["prod"],
+                        "default_environment": "prod",
+                    }
+                ],
+            }
+        )
+    )
+    return Runtime(load_file(str(cfg)))
+
+
+def _refuse(rt: Any, values: list[str]) -> None:
+    lp = rt.snapshot.listeners["main"]
+    decision, _ = lp.decide(values, "GET", "/")
+    assert decision.action == "refuse"
+    rt.note_blocked(values, decision)
+
+
+def test_weighted_adds_match_one_by_one_adds() -> None:
+    rng = random.Random(7)
+    values = [f"h{rng.randrange(40)}" for _ in range(3000)]
+    one, batched = TopK(10), TopK(10)
+    for v in values:
+        one.add(v, "unknown_host", 1.0)
+    for start in range(0, len(values), 100):  # the same stream folded in batches of 100
+        counts: dict[str, int] = {}
+        for v in values[start : start + 100]:
+            counts[v] = counts.get(v, 0) + 1
+        for v, n in counts.items():
+            batched.add(v, "unknown_host", 1.0, n)
+    assert sum(s.count for s in batched.slots.values()) == len(values)
+    for s in batched.slots.values():  # still Space-Saving's bounds
+        assert s.count - s.error <= values.count(s.value) <= s.count
+    heavy = [v for v in set(values) if values.count(v) > len(values) / 10]
+    assert all(v in batched.slots for v in heavy)
+
+
+def test_refusals_are_held_then_folded_and_every_read_sees_them(tmp_path: Any) -> None:
+    from gateway.runtime import FOLD_AT
+
+    rt = _runtime(tmp_path)
+    for _ in range(3):
+        _refuse(rt, ["evil.example"])
+    # Bytes that are not UTF-8 (decoded with surrogateescape): counted as \xNN escapes.
+    _refuse(rt, [b"bad\xff.example".decode("utf-8", "surrogateescape")])
+    _refuse(rt, ["a.example", "b.example"])  # two Host fields: refused, not counted
+    assert len(rt.blocked_pending) == 5 and not rt.blocked.per_env  # held, not counted yet
+    before = time.time()
+    rows = {r["host"]: r for r in rt.blocked_snapshot()["prod"]}
+    assert not rt.blocked_pending
+    assert rows["evil.example"]["count"] == 3
+    assert rows["evil.example"]["reason"] == "unknown_host"
+    assert float(rows["evil.example"]["last_seen"]) >= before - 0.01
+    assert "bad\\xff.example" in rows
+    assert len(rows) == 2
+    # Bounded: a flood folds itself every FOLD_AT refusals, with no reader and no timer.
+    for _ in range(FOLD_AT * 3 + 5):
+        _refuse(rt, ["flood.example"])
+    assert len(rt.blocked_pending) == 5
+    assert rt.blocked.per_env["prod"].slots["flood.example"].count == FOLD_AT * 3
+    rt.clear_blocked("prod")  # a clear drops the held ones too
+    assert rt.blocked_snapshot() == {}
+
+
+async def test_held_refusals_are_folded_on_a_timer(tmp_path: Any) -> None:
+    from gateway.runtime import FOLD_S
+
+    rt = _runtime(tmp_path)
+    task = asyncio.get_running_loop().create_task(rt.fold_blocked_forever())
+    try:
+        _refuse(rt, ["late.example"])
+        started = time.monotonic()
+        while not rt.blocked.per_env and time.monotonic() - started < 15:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - started
+        assert rt.blocked.per_env["prod"].slots["late.example"].count == 1
+        print(f"folded after {took:.3f} s (FOLD_S = {FOLD_S})")
+    finally:
+        task.cancel()

@@ -23,6 +23,7 @@ _SIZE_LINE = re.compile(
     + _TOKEN + rb"|" + _QUOTED + rb"))?)*)"
 )  # fmt: skip
 _FIELD_LINE = re.compile(_TOKEN + rb":[\t -~\x80-\xff]*")
+CR = 0x0D  # an int, not b"\r": see headers.UNDERSCORE
 MAX_LINE = 8190  # aiohttp's default max_line_size
 MAX_TRAILERS = 64 * 1024
 
@@ -72,7 +73,7 @@ class ChunkedFraming:
                 i = j + 1
                 if len(line) > MAX_LINE:
                     raise ChunkedFramingError("chunk line too long")
-                if line[-2:] != b"\r\n" or b"\r" in line[:-2]:
+                if line[-2:] != b"\r\n" or CR in line[:-2]:
                     raise ChunkedFramingError("chunk line not ended by CRLF")
                 line = line[:-2]
                 if state == _SIZE:

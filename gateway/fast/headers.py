@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from gateway.proxy import DROP_REQUEST, connection_tokens
 
 DROP_REQUEST_B = frozenset(name.encode("ascii") for name in DROP_REQUEST)
+# Single bytes are looked for as ints: ``b"_" in data`` first tries to read ``b"_"`` as an
+# int, and raises and clears a TypeError before it searches (bytes.__contains__), about
+# ten times the cost of ``0x5F in data``.
+UNDERSCORE = 0x5F
 
 
 def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:
@@ -54,7 +58,7 @@ def request_head(
             tokens = connection_tokens(value)
             listed = tokens if listed is None else listed | tokens
             continue
-        if lname in DROP_REQUEST_B or b"_" in lname:
+        if lname in DROP_REQUEST_B or UNDERSCORE in lname:
             continue
         parts += (name, b": ", value, b"\r\n")
     if listed:

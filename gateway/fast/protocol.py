@@ -56,7 +56,7 @@ from gateway.fast.upstream import (
 )
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
 from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address, connection_tokens
-from gateway.runtime import Runtime
+from gateway.runtime import FOLD_AT, Runtime, logged_fields
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 log = logging.getLogger("gateway.fast")
@@ -136,6 +136,7 @@ P_DEAD = 8  # the parser failed: nothing after the failure is read
 # How the response body is framed to the client.
 OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_EOF = 0, 1, 2, 3
 HEAD_END = b"\r\n\r\n"
+NUL = 0  # an int, not b"\x00": see headers.UNDERSCORE
 # A response head's bytes with every control character but CR and LF (tab included)
 # turned into NUL, and CR into LF: a scan for NUL and one for a space before LF then find
 # a head that needs a field by field look.
@@ -165,7 +166,7 @@ def response_fields(
     for name, value in headers:
         if len(name) + len(value) > MAX_FIELD:
             raise BadResponse("header field too long")
-        if b"\x00" in value:
+        if NUL in value:
             raise BadResponse("NUL in a header field")
         value = value.rstrip(b" \t")
         if relayed and FORBIDDEN_IN_FIELD.search(value.decode("latin-1")) is not None:
@@ -675,7 +676,15 @@ class ClientConnection(asyncio.Protocol):
             counters[decision.disagreement_slot] += 1
         rid = L.ids.next()
         if decision.action == "refuse" or decision.would_block:
-            self._note_refusal(values, decision, rid, snap)
+            # server.ListenerEngine._note_refusal, inline: the top blocked hosts
+            # (Runtime.note_blocked) and the rate-limited refusal log, whose line is
+            # built only when the limit lets it through (a flood does not pay for it).
+            pending = rt.blocked_pending
+            pending.append((decision, values))
+            if len(pending) >= FOLD_AT:
+                rt.fold_blocked()
+            if rt.refusal_log.take():
+                self._log_refusal(values, decision, rid, snap)
         if decision.action == "refuse":
             self._refuse(msg, payload, decision, rid, snap)
             return
@@ -693,17 +702,9 @@ class ClientConnection(asyncio.Protocol):
         self.current = fwd
         fwd.start()
 
-    def _note_refusal(self, values: Any, decision: Decision, rid: bytes, snap: Snapshot) -> None:
-        """server.ListenerEngine._note_refusal: the top blocked hosts and the rate-limited
-        refusal log (would-block ones too)."""
-        rt = self.L.runtime
-        host, reason = rt.note_blocked(values, decision)
-        log = rt.refusal_log
-        if not log.take():
-            # Dropped by the rate limit: a flood of refusals (the case the limit exists
-            # for) does not pay for the line's dict.
-            return
-        log.write(
+    def _log_refusal(self, values: Any, decision: Decision, rid: bytes, snap: Snapshot) -> None:
+        host, reason = logged_fields(values, decision)
+        self.L.runtime.refusal_log.write(
             "would block (report mode)" if decision.would_block else "refused",
             {
                 "request_id": rid.decode("ascii"),
@@ -1261,8 +1262,8 @@ class Forward:
                 or end > MAX_FIELD
                 or len(heads) > 1
                 or conn.fed != len(data)
-                or b" \n" in (scan := data[: end + 2].translate(HEAD_SCAN))
-                or b"\x00" in scan
+                or (scan := data[: end + 2].translate(HEAD_SCAN)).find(b" \n") >= 0
+                or NUL in scan
             )
             for code, reason, headers in heads:
                 if check or len(headers) > MAX_HEADERS:
