@@ -4,6 +4,7 @@ Bodies stream both ways with back-pressure (``resp.write`` waits for the transpo
 drain; the client's body is read as the upstream connection asks for it), so memory stays
 bounded whatever the body size. Upstream failures are translated here, at the boundary,
 into the gateway's own answers: 502 for connect/protocol errors, 504 for timeouts.
+A failure after the response head is counted by what failed (``body_failure_kind``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -196,6 +199,14 @@ class UpstreamStats:
         self._counters.values[self._error_slots[env][kind]] += 1
 
 
+def upstream_timeout(env: EnvPolicy) -> aiohttp.ClientTimeout:
+    """An environment's upstream timeouts: ``connect_s`` to connect, then ``read_s`` of
+    silence while a response is awaited or read (504, or a cut body)."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=env.connect_s, connect=env.connect_s, sock_read=env.read_s
+    )
+
+
 class Forwarder:
     """One per worker: the upstream client session and pools."""
 
@@ -203,6 +214,21 @@ class Forwarder:
         self.stats = UpstreamStats(counters)
         self._pools: dict[tuple[Upstream, ...], UpstreamPool] = {}
         self._session: aiohttp.ClientSession | None = None
+        # WebSocket handshakes, one session per (connect_s, read_s) over the same
+        # connector: ws_connect() takes no per-request ClientTimeout, only the session's.
+        self._ws_sessions: dict[tuple[float, float], aiohttp.ClientSession] = {}
+
+    def _new_session(
+        self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout, *, owner: bool
+    ) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            connector_owner=owner,
+            auto_decompress=False,  # bytes pass through as the upstream encoded them
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=timeout,
+        )
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -211,13 +237,7 @@ class Forwarder:
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bytes pass through as the upstream encoded them
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+        self._session = self._new_session(connector, aiohttp.ClientTimeout(total=None), owner=True)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -225,8 +245,47 @@ class Forwarder:
         return self._session
 
     async def close(self) -> None:
+        for session in self._ws_sessions.values():
+            await session.close()  # (not the connector: the main session owns it)
+        self._ws_sessions.clear()
         if self._session is not None:
             await self._session.close()
+
+    async def ws_connect(
+        self, env: EnvPolicy, url: str, headers: CIMultiDict[str], protocols: Sequence[str]
+    ) -> aiohttp.ClientWebSocketResponse | web.Response:
+        """The upstream side of a WebSocket, or the gateway's own answer when the handshake
+        fails: timed like any forwarded request (``connect_s``, then ``read_s`` for the
+        upstream's answer: 504 and a ``timeout`` error, as the fast engine); any other
+        failure, a refused connection or an answer other than a valid 101, is a 502 and a
+        ``connect`` error. The client's connection is closed after either: what it sent
+        after an upgrade request is not a next request."""
+        key = (env.connect_s, env.read_s)
+        session = self._ws_sessions.get(key)
+        if session is None:
+            connector = self.session.connector
+            assert connector is not None
+            session = self._ws_sessions[key] = self._new_session(
+                connector, upstream_timeout(env), owner=False
+            )
+        try:
+            # (after the 101, ws_receive=None lifts sock_read: the tunnel's idle limit
+            # is websocket_idle_s, kept by the caller)
+            return await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                autoping=True,
+            )
+        except TimeoutError:  # aiohttp's ServerTimeoutError is one too
+            self.stats.error(env.name, "timeout")
+            resp = _error(504, "upstream did not answer in time")
+        except (aiohttp.ClientError, OSError):
+            self.stats.error(env.name, "connect")
+            resp = _error(502, "upstream refused the WebSocket")
+        resp.force_close()
+        return resp
 
     def pool(self, env: EnvPolicy) -> UpstreamPool:
         pool = self._pools.get(env.upstreams)
@@ -246,9 +305,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         assert self._session is not None
         loop = asyncio.get_running_loop()
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=env.connect_s, connect=env.connect_s, sock_read=env.read_s
-        )
+        timeout = upstream_timeout(env)
         body = None
         limited: LimitedBody | None = None
         if request.body_exists:
@@ -353,22 +410,99 @@ class Forwarder:
             resp.content_length = cl
         elif not no_body and request.version >= aiohttp.HttpVersion11:
             resp.enable_chunked_encoding()
-        await resp.prepare(request)
+        watch = None
         if not no_body:
-            try:
-                async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
-                    await resp.write(chunk)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                # Headers are gone already; the only honest signal left is to cut the
-                # connection so the client sees a truncated body, not a complete one.
-                self.stats.error(
-                    env.name, "timeout" if isinstance(exc, asyncio.TimeoutError) else "reset"
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-                return resp
+            # Set before the first await: the body may break while the head is written.
+            conn = upstream.connection
+            watch = BodyWatch(upstream.content, conn.protocol if conn is not None else None)
+        try:
+            await resp.prepare(request)
+            if watch is not None:
+                try:
+                    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+                        await resp.write(chunk)
+                except (TimeoutError, aiohttp.ClientError, HttpProcessingError) as exc:
+                    # Headers are gone already; the only honest signal left is to cut the
+                    # connection so the client sees a truncated body, not a complete one.
+                    self.stats.error(env.name, body_failure_kind(exc, watch.protocol))
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+        finally:
+            if watch is not None:
+                watch.done()  # the upstream connection may be pooled and reused
         await resp.write_eof()
         return resp
+
+
+class BodyWatch:
+    """Delivers a refused response body to its reader. aiohttp's llhttp parser drops the
+    body's stream before it raises on bytes that break the body's framing (a bad chunk
+    size line arriving after the head): the client protocol records the error and closes
+    the connection, but the stream neither ends nor fails, and its reader would wait for
+    ever (sock_read stops with the connection). When the connection closes with such an
+    error recorded and the body unfinished, the body fails with that error."""
+
+    __slots__ = ("closed", "content", "protocol")
+
+    def __init__(self, content: aiohttp.StreamReader, protocol: ResponseHandler | None) -> None:
+        self.content = content
+        self.protocol = protocol
+        self.closed = protocol.closed if protocol is not None else None
+        if self.closed is not None:
+            self.closed.add_done_callback(self._lost)
+        elif protocol is not None:
+            self._check()  # (None: the connection is closed already)
+
+    def _lost(self, fut: asyncio.Future[None]) -> None:
+        _consume(fut)
+        self._check()
+
+    def _check(self) -> None:
+        content, protocol = self.content, self.protocol
+        if protocol is None or content.is_eof() or content.exception() is not None:
+            return
+        refused = protocol.exception()
+        if isinstance(refused, HttpProcessingError):
+            content.set_exception(
+                aiohttp.ClientPayloadError(f"upstream body refused: {refused.message}"), refused
+            )
+
+    def done(self) -> None:
+        closed = self.closed
+        if closed is not None:
+            closed.remove_done_callback(self._lost)
+            # The future stays with the pooled connection and may end with an error that
+            # nobody reads ("exception was never retrieved"): one consumer per future.
+            closed.remove_done_callback(_consume)
+            closed.add_done_callback(_consume)
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def body_failure_kind(exc: BaseException, protocol: ResponseHandler | None) -> str:
+    """How a response body that failed after its head is counted, as the fast engine
+    counts it: ``timeout`` after read_s of silence; ``protocol`` when the parser refused
+    bytes the upstream sent (bad chunk framing, too many or too long trailer fields);
+    ``reset`` when the connection ended before the body did (a Content-Length or chunked
+    body cut short). aiohttp wraps both of the last two in ClientPayloadError; refused
+    bytes are told by the parser error the client protocol recorded, by a parser error
+    set on the body as it is (aiohttp's pure-Python parser), or by a cause other than a
+    PayloadEncodingError (ContentLengthError, TransferEncodingError: "not enough data",
+    what an unfinished body at the end of the connection is wrapped around)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return "timeout"
+    if protocol is not None and isinstance(protocol.exception(), HttpProcessingError):
+        return "protocol"
+    if isinstance(exc, HttpProcessingError):
+        return "protocol"
+    cause = exc.__cause__
+    if isinstance(cause, HttpProcessingError) and not isinstance(cause, PayloadEncodingError):
+        return "protocol"
+    return "reset"
 
 
 class LimitedBody:

@@ -196,7 +196,6 @@ class ListenerEngine:
     ) -> web.StreamResponse:
         """Proxy a WebSocket both ways, message by message, closing it after ``idle_s``
         without traffic in either direction."""
-        session = self.forwarder.session
         up = self.forwarder.pool(env).upstreams[0]
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.popall(name, None)
@@ -207,17 +206,11 @@ class ListenerEngine:
         ]
         headers.popall("Sec-WebSocket-Protocol", None)
         scheme = "wss" if up.scheme == "https" else "ws"
-        try:
-            upstream = await session.ws_connect(
-                f"{scheme}://{up.url.split('://', 1)[1]}{origin_form(target)}",
-                headers=headers,
-                protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                autoping=True,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            self.forwarder.stats.error(env.name, "connect")
-            return web.Response(status=502, text="502 upstream refused the WebSocket\n")
+        upstream = await self.forwarder.ws_connect(
+            env, f"{scheme}://{up.url.split('://', 1)[1]}{origin_form(target)}", headers, protocols
+        )
+        if isinstance(upstream, web.Response):
+            return upstream  # the handshake failed: the gateway's own 502 or 504
         ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
         await ws.prepare(request)
         self.forwarder.stats.response(env.name, 101, 0.0)
