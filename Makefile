@@ -4,11 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The fast engine compiled by mypyc (scripts/compile_fast.py); rebuilt when its sources
+# change. Without a C compiler it is skipped and the engine runs interpreted.
+COMPILED := gateway/fast_c/__init__.py
+READY := $(STAMP) $(COMPILED)
 # Debian packages the tests need: binary:package
 APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver valgrind:valgrind
 APT_BENCH := nginx:nginx-light wrk:wrk
 
-.PHONY: venv install run test lint typecheck pytest bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean
+.PHONY: venv install compile run test lint typecheck pytest pytest-interpreted bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,60 +24,71 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv install: $(STAMP)
 
-run: $(STAMP)
+$(COMPILED): $(STAMP) $(wildcard gateway/fast/*.py) scripts/compile_fast.py
+	$(BIN)/python scripts/compile_fast.py
+
+compile: $(COMPILED)
+
+run: $(READY)
 	$(BIN)/python -m gateway.demo
 
 apt-test:
 	scripts/ensure-apt.sh $(APT_TEST)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench scripts
+	$(BIN)/ruff format --check gateway tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) apt-test
+pytest: $(READY) apt-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The suite above runs the compiled fast engine; its own tests and the differential test
+# run again on the interpreted one (the same sources, as they run without a compiler).
+pytest-interpreted: $(READY) apt-test
+	GATEWAY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_fast_engine.py tests/test_differential.py
 
-bench: $(STAMP)
+test: lint typecheck pytest pytest-interpreted
+
+bench: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.harness --rounds 3 --duration 5
 
-bench-quick: $(STAMP)
+bench-quick: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.harness --quick
 
-bench-micro: $(STAMP)
+bench-micro: $(READY)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_decision_bench.py tests/test_hosts_bench.py \
 		--benchmark-enable --benchmark-columns=median,iqr,ops --benchmark-sort=name
 
-bench-reload: $(STAMP)
+bench-reload: $(READY)
 	$(BIN)/python -m bench.reload_bench
 
 # Instructions per request (valgrind): steady where timings are not; see bench/RESULTS.md.
-bench-instructions: $(STAMP)
+bench-instructions: $(READY)
 	scripts/ensure-apt.sh valgrind:valgrind
 	$(BIN)/python -m bench.instructions
 
-bench-profile: $(STAMP)
+bench-profile: $(READY)
 	$(BIN)/python -m bench.profile_engine --engines aiohttp,fast --duration 10
 
-bench-memory: $(STAMP)
+bench-memory: $(READY)
 	$(BIN)/python -m bench.memory --short
 
-bench-locust: $(STAMP)
+bench-locust: $(READY)
 	$(BIN)/python -m bench.locust_run
 
 # Long runs kept out of `make test`: a million distinct Host values against bounded memory
 # and series, and a 10-minute peak-load run whose RSS must stay flat.
-soak: $(STAMP)
+soak: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
 	GATEWAY_FLOOD_N=1000000 GATEWAY_ENGINES=fast $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/test_rollout.py -k flood --timeout 3600
 	$(BIN)/python -m bench.memory --duration 600
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) gateway/fast_c build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

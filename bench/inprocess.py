@@ -11,7 +11,7 @@ Steady to about ±0.1 µs on a quiet machine (the minimum of ``--reps`` runs), w
 throughput run moves by ±10 %: use it to compare two versions of the engine, one
 change at a time.
 
-    python -m bench.inprocess                 # both scenarios, fast engine and bare sketch
+    python -m bench.inprocess                 # both scenarios: fast (compiled), fast-py, bare
     python -m bench.inprocess --requests 50000 --reps 30
 """
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
+import importlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import uvloop
@@ -105,12 +107,25 @@ def best_of(step: Callable[[], None], requests: int, reps: int) -> float:
     return best
 
 
-async def fast_engine(scenario: str, requests: int, reps: int) -> float:
+def fast_package(interpreted: bool) -> str:
+    """The fast engine's package as ``--engine fast`` would run it (the compiled build
+    when there is a current one), or its sources interpreted."""
+    from gateway.fast import COMPILED_PACKAGE, engine_class
+
+    if interpreted or engine_class()[1] != "compiled":
+        return "gateway.fast"
+    return COMPILED_PACKAGE
+
+
+async def fast_engine(scenario: str, requests: int, reps: int, interpreted: bool = False) -> float:
     from gateway.config import load_bytes
-    from gateway.fast.engine import FastEngine
-    from gateway.fast.protocol import ClientConnection, Listener
-    from gateway.fast.upstream import UpstreamConnection
     from gateway.runtime import Runtime
+
+    package = fast_package(interpreted)
+    FastEngine = importlib.import_module(f"{package}.engine").FastEngine
+    protocol = importlib.import_module(f"{package}.protocol")
+    ClientConnection, Listener = protocol.ClientConnection, protocol.Listener
+    UpstreamConnection = importlib.import_module(f"{package}.upstream").UpstreamConnection
 
     loop = asyncio.get_running_loop()
     runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
@@ -172,19 +187,24 @@ async def bare_sketch(scenario: str, requests: int, reps: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
     p.add_argument("--scenarios", default="refused,proxied")
-    p.add_argument("--systems", default="fast,bare")
+    p.add_argument("--systems", default="fast,fast-py,bare")
     p.add_argument("--requests", type=int, default=20000, help="requests per run")
     p.add_argument("--reps", type=int, default=20, help="runs; the minimum is kept")
     a = p.parse_args(argv)
     # A refusal flood: the refusal log's lines (rate-limited) would go to stderr.
     logging.getLogger("gateway").setLevel(logging.CRITICAL)
-    runners = {"fast": fast_engine, "bare": bare_sketch}
+    runners: dict[str, Callable[[str, int, int], Awaitable[float]]] = {
+        "fast": fast_engine,
+        "fast-py": functools.partial(fast_engine, interpreted=True),
+        "bare": bare_sketch,
+    }
+    print(f"fast: {fast_package(False)}, fast-py: {fast_package(True)}", flush=True)
 
     async def run() -> None:
         for system in a.systems.split(","):
             for scenario in a.scenarios.split(","):
                 us = await runners[system](scenario, a.requests, a.reps)
-                print(f"{system:5} {scenario:8} {us:6.2f} µs per request", flush=True)
+                print(f"{system:7} {scenario:8} {us:6.2f} µs per request", flush=True)
 
     uvloop.run(run())
     return 0

@@ -10,7 +10,7 @@ and reports (count(3N) − count(N)) / (2N + …) per request: start-up, imports
 warm-up cancel out. Kernel work (system calls) is not counted: it is the same for the
 engine and the bare sketch.
 
-    python -m bench.instructions                          # fast engine and bare sketch
+    python -m bench.instructions                          # fast (compiled), fast-py, bare
     python -m bench.instructions --scenarios proxied --systems fast --requests 2000
 
 Each run takes about half a minute under valgrind (two runs in parallel, one per core).
@@ -71,7 +71,7 @@ def per_request(scenario: str, system: str, n: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     p.add_argument("--scenarios", default="refused,proxied")
-    p.add_argument("--systems", default="fast,bare")
+    p.add_argument("--systems", default="fast,fast-py,bare")
     p.add_argument("--requests", type=int, default=2000, help="N (at least 2000)")
     a = p.parse_args(argv)
     if shutil.which("valgrind") is None:
@@ -82,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in a.scenarios.split(","):
         for system in a.systems.split(","):
             got = results[(scenario, system)] = per_request(scenario, system, n)
-            print(f"{system:5} {scenario:8} {got:9,.0f} instructions per request", flush=True)
+            print(f"{system:7} {scenario:8} {got:9,.0f} instructions per request", flush=True)
     for scenario in a.scenarios.split(","):
-        fast, bare = results.get((scenario, "fast")), results.get((scenario, "bare"))
-        if fast and bare:
-            print(f"{scenario:8} fast / bare = {fast / bare:.2f}")
+        bare = results.get((scenario, "bare"))
+        for system in ("fast", "fast-py"):
+            got = results.get((scenario, system))
+            if got and bare:
+                print(f"{scenario:8} {system} / bare = {got / bare:.2f}")
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.proc import LOOPBACK, ManagedProcess, Pinning, StartError, free_port
+from gateway.fast import engine_class
 
 NGINX = "/usr/sbin/nginx"
 ENV_HOSTNAME = "bench.example"
@@ -209,11 +210,14 @@ def gateway_config(ctx: Context, port: int) -> dict[str, object]:
     }
 
 
-def gateway_command(engine: str) -> Callable[[Context, int], list[str]]:
+def gateway_command(engine: str, interpreted: bool = False) -> Callable[[Context, int], list[str]]:
     def command(ctx: Context, port: int) -> list[str]:
-        config_path = ctx.run_dir / f"gateway-{engine}.json"
+        config_path = ctx.run_dir / f"gateway-{engine}{'-py' if interpreted else ''}.json"
         config_path.write_text(json.dumps(gateway_config(ctx, port), indent=2))
+        # (env execs the interpreter: the process measured is still the gateway's)
+        prefix = ["env", "GATEWAY_NO_EXTENSIONS=1"] if interpreted else []
         return [
+            *prefix,
             ctx.python,
             "-m",
             "gateway",
@@ -262,9 +266,16 @@ SYSTEMS: dict[str, SystemSpec] = {
         ),
         SystemSpec(
             "gateway-fast",
-            "the gateway, --engine fast",
+            f"the gateway, --engine fast, {engine_class()[1]} build",
             BOTH,
             gateway_command("fast"),
+            startup_timeout=30.0,
+        ),
+        SystemSpec(
+            "gateway-fast-py",
+            "the gateway, --engine fast, interpreted (GATEWAY_NO_EXTENSIONS=1)",
+            BOTH,
+            gateway_command("fast", interpreted=True),
             startup_timeout=30.0,
         ),
     )

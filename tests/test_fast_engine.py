@@ -838,10 +838,15 @@ def test_inprocess_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     from bench import inprocess
 
     assert inprocess.main(["--requests", "50", "--reps", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    first, *lines = capsys.readouterr().out.splitlines()
+    # Which build "fast" measured: the compiled one when it is current (as --engine fast).
+    built = "gateway.fast" if os.environ.get("GATEWAY_NO_EXTENSIONS") else "gateway.fast_c"
+    assert first == f"fast: {built}, fast-py: gateway.fast"
     assert [line.split()[:2] for line in lines] == [
-        ["fast", "refused"], ["fast", "proxied"], ["bare", "refused"], ["bare", "proxied"],
+        ["fast", "refused"], ["fast", "proxied"], ["fast-py", "refused"], ["fast-py", "proxied"],
+        ["bare", "refused"], ["bare", "proxied"],
     ]  # fmt: skip
+    assert all(float(line.split()[2]) > 0 for line in lines)
 
 
 class _Pools:
@@ -956,3 +961,36 @@ def test_interim_heads_get_the_parsers_checks_only() -> None:
     assert response_fields(b"EH", [(b"L", b"a\x01b ")], relayed=False) == [(b"L", b"a\x01b")]
     with pytest.raises(BadResponse):
         response_fields(b"EH", [(b"L", b"a\x00b")], relayed=False)
+
+
+# -- which build runs (gateway.fast.engine_class, scripts/compile_fast.py) -------------------
+
+
+def test_the_compiled_build_is_what_runs_unless_turned_off(tmp_path: Path) -> None:
+    """`make test` compiles the engine first (`make compile`), so the live suite runs the
+    compiled build, and `make pytest-interpreted` runs this file again with
+    GATEWAY_NO_EXTENSIONS=1 on the sources as they are."""
+    from gateway.fast import engine_class
+
+    cls, build = engine_class()
+    off = bool(os.environ.get("GATEWAY_NO_EXTENSIONS"))
+    if off:
+        assert cls.__module__ == "gateway.fast.engine" and build.startswith("interpreted")
+    else:
+        assert build == "compiled", f"{build} (run `make compile`)"
+        assert cls.__module__ == "gateway.fast_c.engine"
+    # What the gateway process says it runs is the same.
+    with running_gateway(config("http://127.0.0.1:9"), tmp_path, engine="fast") as gw:
+        said = re.search(r"fast engine build=(\w+)", gw.proc.output())
+        assert said is not None and said.group(1) == ("interpreted" if off else "compiled")
+
+
+def test_a_stale_compiled_build_is_never_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.fast as fast
+
+    monkeypatch.delenv("GATEWAY_NO_EXTENSIONS", raising=False)
+    assert fast.engine_class()[1] == "compiled", "run `make compile`"
+    # An edit to gateway/fast that was not compiled yet: the sources run, not the build.
+    monkeypatch.setattr(fast, "source_digest", lambda: "0" * 64)
+    cls, build = fast.engine_class()
+    assert cls is fast.FastEngine and "stale" in build

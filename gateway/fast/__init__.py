@@ -20,8 +20,64 @@ callbacks, with flow control on the transports both ways.
 - ``protocol``: the client connection (parsing, deciding, ordering) and the forwarding
   state machine of one request.
 - ``engine``: ``FastEngine``, the interface ``gateway.app`` drives.
+
+The same modules, compiled to C by mypyc (``make compile``: ``scripts/compile_fast.py``
+copies them to ``gateway/fast_c`` and compiles the copy), are what ``--engine fast`` runs
+when that build exists and was made from these very sources (``engine_class``); otherwise
+it runs them as they are, interpreted. aiohttp, yarl and multidict ship C builds of their
+hot modules beside the Python ones the same way, and ``GATEWAY_NO_EXTENSIONS=1`` turns the
+compiled build off as ``AIOHTTP_NO_EXTENSIONS=1`` does theirs.
 """
 
-from gateway.fast.engine import FastEngine
+from __future__ import annotations
 
-__all__ = ["FastEngine"]
+import hashlib
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import cast
+
+from .engine import FastEngine
+
+__all__ = ["FastEngine", "engine_class", "source_digest"]
+
+log = logging.getLogger("gateway")
+
+MODULES = ("chunked", "engine", "headers", "prebuilt", "protocol", "upstream")
+COMPILED_PACKAGE = "gateway.fast_c"
+
+
+def source_digest() -> str:
+    """SHA-256 of the engine's modules: a compiled build records the digest it was made
+    from, so a build older than the sources is never run."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in MODULES:
+        data = (here / f"{name}.py").read_bytes()
+        h.update(b"%s %d\n" % (name.encode("ascii"), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+def engine_class() -> tuple[type[FastEngine], str]:
+    """The fast engine to run and which build it is: ``"compiled"``, or ``"interpreted"``
+    with the reason in brackets."""
+    if os.environ.get("GATEWAY_NO_EXTENSIONS"):
+        return FastEngine, "interpreted (GATEWAY_NO_EXTENSIONS is set)"
+    try:
+        package = importlib.import_module(COMPILED_PACKAGE)
+    except ImportError:
+        return FastEngine, "interpreted (no compiled build: make compile)"
+    if getattr(package, "SOURCE_DIGEST", None) != source_digest():
+        # Never run code older than the sources: an edit not yet compiled would be
+        # silently ignored.
+        log.warning("the compiled fast engine is older than its sources: running them")
+        return FastEngine, "interpreted (the compiled build is stale: make compile)"
+    try:
+        module = importlib.import_module(f"{COMPILED_PACKAGE}.engine")
+    except ImportError as exc:  # built for another Python, or half removed
+        log.warning("the compiled fast engine does not load (%s): running its sources", exc)
+        return FastEngine, "interpreted (the compiled build does not load)"
+    # The same class, compiled from the same source (the digest says so).
+    return cast(type[FastEngine], module.FastEngine), "compiled"

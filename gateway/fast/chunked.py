@@ -12,6 +12,7 @@ body bytes before the parser sees them, so both parsers refuse the same framing.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # At most 16 hex digits: the size fits in 64 bits, as llhttp requires (RFC 9112 §7.1:
 # "anticipate potentially large hexadecimal numerals and prevent parsing errors due to
@@ -23,7 +24,7 @@ _SIZE_LINE = re.compile(
     + _TOKEN + rb"|" + _QUOTED + rb"))?)*)"
 )  # fmt: skip
 _FIELD_LINE = re.compile(_TOKEN + rb":[\t -~\x80-\xff]*")
-CR = 0x0D  # an int, not b"\r": see headers.UNDERSCORE
+CR: Final = 0x0D  # an int, not b"\r": see headers.UNDERSCORE
 MAX_LINE = 8190  # aiohttp's default max_line_size
 MAX_TRAILERS = 64 * 1024
 

@@ -11,11 +11,12 @@ import ssl
 
 from gateway.accesslog import AccessLog
 from gateway.config import Bind
-from gateway.fast.prebuilt import DateLine, RequestIds
-from gateway.fast.protocol import ClientConnection, Listener
-from gateway.fast.upstream import UpstreamPools
 from gateway.runtime import Runtime
 from gateway.wire import open_listener
+
+from .prebuilt import DateLine, RequestIds
+from .protocol import ClientConnection, Listener
+from .upstream import UpstreamPools
 
 # How often the forwards waiting on an upstream are checked for their timeouts: a read
 # timeout fires between read_s and read_s + TICK_S (nginx's timer resolution is 1 ms, but

@@ -16,14 +16,15 @@ as latin-1 exactly as ``upstream_headers`` does, because ``str.strip()`` strips 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from gateway.proxy import DROP_REQUEST, connection_tokens
 
-DROP_REQUEST_B = frozenset(name.encode("ascii") for name in DROP_REQUEST)
+DROP_REQUEST_B: Final = frozenset(name.encode("ascii") for name in DROP_REQUEST)
 # Single bytes are looked for as ints: ``b"_" in data`` first tries to read ``b"_"`` as an
 # int, and raises and clears a TypeError before it searches (bytes.__contains__), about
 # ten times the cost of ``0x5F in data``.
-UNDERSCORE = 0x5F
+UNDERSCORE: Final = 0x5F
 
 
 def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:

@@ -31,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from aiohttp import hdrs  # istr names: a multidict lookup without lowercasing the key
 from aiohttp.http_parser import HttpRequestParser
@@ -40,11 +40,23 @@ from httptools import HttpParserCallbackError, HttpParserUpgrade
 
 from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
-from gateway.fast import prebuilt
-from gateway.fast.chunked import ChunkedFraming
-from gateway.fast.headers import drop_listed, request_head
-from gateway.fast.prebuilt import CLOSE, KEEP_10, KEEP_11, DateLine, Refusal, RequestIds
-from gateway.fast.upstream import (
+from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
+from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address, connection_tokens
+from gateway.runtime import FOLD_AT, Runtime, logged_fields
+from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
+
+from . import prebuilt
+from .chunked import ChunkedFraming
+from .headers import drop_listed, request_head
+from .prebuilt import (
+    CLOSE,
+    KEEP_10,
+    KEEP_11,
+    DateLine,
+    Refusal,
+    RequestIds,
+)
+from .upstream import (
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,
@@ -54,22 +66,18 @@ from gateway.fast.upstream import (
     UpstreamConnection,
     UpstreamPools,
 )
-from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
-from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address, connection_tokens
-from gateway.runtime import FOLD_AT, Runtime, logged_fields
-from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 log = logging.getLogger("gateway.fast")
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
 # framing; with it, chunked bodies are checked by chunked.ChunkedFraming first.
-PYTHON_PARSER = HttpRequestParser.__module__ == "aiohttp.http_parser"
+PYTHON_PARSER: Final = HttpRequestParser.__module__ == "aiohttp.http_parser"
 
 # Methods after which aiohttp's client sends no "Content-Length: 0" for an empty body.
-GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+GET_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # A stale keep-alive connection is retried once for these (aiohttp client.py, RFC 9110 §9.2.2).
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-NO_BODY_STATUS = frozenset({204, 304})
-DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+NO_BODY_STATUS: Final = frozenset({204, 304})
+DROP_RESPONSE_B: Final = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
 # Upstream response fields the relay does not copy as they are, by lowercased name, so a
 # field costs one dict lookup: 1 dropped (hop-by-hop, Content-Length, which is re-added;
 # X-Request-ID, which is the gateway's), 2 Date (copied; its absence is filled in), 3
@@ -77,8 +85,14 @@ DROP_RESPONSE_B = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
 # Transfer-Encoding (dropped; read to know whether the body ends at close), 6 a field
 # aiohttp's parser refuses (the old WebSocket handshake's), 7 Connection (dropped; the
 # fields it lists are dropped too, RFC 9110 §7.6.1).
-_DROPPED, _DATE, _CONFIG, _LENGTH, _TE, _INVALID, _CONN = 1, 2, 3, 4, 5, 6, 7
-RESPONSE_SPECIAL = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
+_DROPPED: Final = 1
+_DATE: Final = 2
+_CONFIG: Final = 3
+_LENGTH: Final = 4
+_TE: Final = 5
+_INVALID: Final = 6
+_CONN: Final = 7
+RESPONSE_SPECIAL: Final = dict.fromkeys(DROP_RESPONSE_B, _DROPPED) | {
     b"connection": _CONN,
     b"x-request-id": _DROPPED,
     b"date": _DATE,
@@ -96,12 +110,12 @@ def _title(name: bytes) -> bytes:
 # Classifying a field without lowercasing its name first (a bytes object per field): the
 # special names also under their usual spellings, and the usual plain names, as servers
 # send them. Any other spelling is lowercased, then looked up.
-RESPONSE_SPECIAL_SENT = (
+RESPONSE_SPECIAL_SENT: Final = (
     RESPONSE_SPECIAL
     | {_title(name): kind for name, kind in RESPONSE_SPECIAL.items()}
     | {b"X-Request-ID": _DROPPED, b"TE": _DROPPED, b"Sec-WebSocket-Key1": _INVALID}
 )
-RESPONSE_PLAIN_SENT = frozenset(
+RESPONSE_PLAIN_SENT: Final = frozenset(
     {
         b"Server", b"Content-Type", b"Cache-Control", b"Content-Encoding", b"ETag",
         b"Last-Modified", b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Accept-Ranges",
@@ -111,36 +125,39 @@ RESPONSE_PLAIN_SENT = frozenset(
     }
 )  # fmt: skip
 # Connection values that list no field (the usual ones, as servers send them).
-CONNECTION_PLAIN = frozenset(
+CONNECTION_PLAIN: Final = frozenset(
     {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
 )
 assert not {n.lower() for n in RESPONSE_PLAIN_SENT} & RESPONSE_SPECIAL.keys()
 assert all(RESPONSE_SPECIAL[n.lower()] == k for n, k in RESPONSE_SPECIAL_SENT.items())
 # A refused (or early-answered) request's body is read and dropped for this long before
 # the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
-LINGER_S = 2.0
+LINGER_S: Final = 2.0
 # The empty queue every connection starts with (a shared, never-filled deque).
-NO_QUEUE: deque[Any] = deque(maxlen=0)
+NO_QUEUE: Final[deque[Any]] = deque(maxlen=0)
 # The client's read buffer while a request waits for its upstream connection.
-HOLD_LIMIT = 64 * 1024
+HOLD_LIMIT: Final = 64 * 1024
 # The request parser's body StreamReader limit (aiohttp's read_bufsize default).
-READ_LIMIT = 2**16
-HEADER_SEP = b"\r\n\r\n"
+READ_LIMIT: Final = 2**16
+HEADER_SEP: Final = b"\r\n\r\n"
 
 # Why the client transport is not being read; reading resumes when no reason is left.
-P_PIPELINE = 1  # requests are queued behind the one in progress
-P_UPSTREAM = 2  # the upstream's write buffer is full (request body back-pressure)
-P_WAIT = 4  # body or upgrade bytes held until the upstream connection exists / answers
-P_DEAD = 8  # the parser failed: nothing after the failure is read
+P_PIPELINE: Final = 1  # requests are queued behind the one in progress
+P_UPSTREAM: Final = 2  # the upstream's write buffer is full (request body back-pressure)
+P_WAIT: Final = 4  # body or upgrade bytes held until the upstream connection exists / answers
+P_DEAD: Final = 8  # the parser failed: nothing after the failure is read
 
 # How the response body is framed to the client.
-OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_EOF = 0, 1, 2, 3
-HEAD_END = b"\r\n\r\n"
-NUL = 0  # an int, not b"\x00": see headers.UNDERSCORE
+OUT_NONE: Final = 0
+OUT_LENGTH: Final = 1
+OUT_CHUNKED: Final = 2
+OUT_EOF: Final = 3
+HEAD_END: Final = b"\r\n\r\n"
+NUL: Final = 0  # an int, not b"\x00": see headers.UNDERSCORE
 # A response head's bytes with every control character but CR and LF (tab included)
 # turned into NUL, and CR into LF: a scan for NUL and one for a space before LF then find
 # a head that needs a field by field look.
-HEAD_SCAN = bytes(
+HEAD_SCAN: Final = bytes(
     0x0A if b == 0x0D else 0 if (b < 0x20 and b != 0x0A) or b == 0x7F else b for b in range(256)
 )
 
@@ -656,7 +673,13 @@ class ClientConnection(asyncio.Protocol):
             # ListenerPolicy.decide for an origin-form target without a fragment, not
             # CONNECT: exactly its decide_host(value), one call less on the hot path.
             if len(values) == 1:
-                decision, forward_host = lp.decide_host(values[0])
+                # decide_host's first step inline: a Host the config names exactly.
+                forward_host = values[0]
+                exact = lp.fast.get(forward_host)
+                if exact is not None:
+                    decision = exact
+                else:
+                    decision, forward_host = lp.decide_host(forward_host)
             else:
                 decision, forward_host = lp.decide(values, msg.method, target)
         else:
@@ -674,7 +697,8 @@ class ClientConnection(asyncio.Protocol):
         counters[decision.slot] += 1
         if decision.disagreement_slot >= 0:
             counters[decision.disagreement_slot] += 1
-        rid = L.ids.next()
+        ready = L.ids.ready
+        rid = ready.pop() if ready else L.ids.next()
         if decision.action == "refuse" or decision.would_block:
             # server.ListenerEngine._note_refusal, inline: the top blocked hosts
             # (Runtime.note_blocked) and the rate-limited refusal log, whose line is
@@ -683,7 +707,10 @@ class ClientConnection(asyncio.Protocol):
             pending.append((decision, values))
             if len(pending) >= FOLD_AT:
                 rt.fold_blocked()
-            if rt.refusal_log.take():
+            log = rt.refusal_log
+            if time.monotonic() < log.empty_until:
+                log.suppressed += 1  # RefusalLog.take's flood case, inline
+            elif log.take():
                 self._log_refusal(values, decision, rid, snap)
         if decision.action == "refuse":
             self._refuse(msg, payload, decision, rid, snap)

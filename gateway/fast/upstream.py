@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import httptools
 from aiohttp.helpers import DEBUG
@@ -34,21 +34,21 @@ if TYPE_CHECKING:
 
 # Idle connections kept per upstream. nginx's bench config keeps 64; a gateway worker
 # may front several busy environments, so a little more, still bounded.
-MAX_IDLE = 256
+MAX_IDLE: Final = 256
 # How long an idle upstream connection is kept (aiohttp TCPConnector keepalive_timeout).
-IDLE_TIMEOUT_S = 30.0
-REAP_EVERY_S = 5.0
+IDLE_TIMEOUT_S: Final = 30.0
+REAP_EVERY_S: Final = 5.0
 # aiohttp's default read buffer for request bodies; only the StreamReader high-water
 # mark, which never matters here because payloads are drained after every feed.
-READ_LIMIT = 2**16
+READ_LIMIT: Final = 2**16
 # aiohttp's response parser limits (its defaults, which its client uses): a status line or
 # a field (name + value) longer than MAX_FIELD, or more than MAX_HEADERS fields, is an
 # invalid response. httptools joins a field's pieces without a limit, so the bytes of a
 # response that are not body (heads, chunk framing, trailers) are capped as well, at
 # MAX_HEAD plus 64 bytes a chunk (protocol.Forward.upstream_data): a memory bound.
-MAX_FIELD = 8190
-MAX_HEADERS = 128
-MAX_HEAD = MAX_HEADERS * (MAX_FIELD + 4) + MAX_FIELD + 4
+MAX_FIELD: Final = 8190
+MAX_HEADERS: Final = 128
+MAX_HEAD: Final = MAX_HEADERS * (MAX_FIELD + 4) + MAX_FIELD + 4
 
 
 class ParserSink:
@@ -319,7 +319,7 @@ class Route:
 
 # UpstreamPool.order() for one upstream, whatever its down state ("all marked down: try
 # them anyway"); shared, never mutated.
-ONLY_FIRST = (0,)
+ONLY_FIRST: Final = (0,)
 
 
 class UpstreamPools:
