@@ -181,8 +181,6 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     reloader.start(watch=opts.watch)
     background = _start_background(runtime)
     await stop.wait()
-    for task in background:
-        task.cancel()
 
     log.info("draining: readiness failing, listeners close in %.1fs", opts.drain_delay)
     runtime.draining = True
@@ -191,6 +189,8 @@ async def serve(opts: RunOptions, loaded: LoadedConfig) -> int:
     await engine.close_listeners()
     log.info("listeners closed; waiting up to %.1fs for in-flight requests", opts.drain_timeout)
     await engine.shutdown(opts.drain_timeout)
+    for task in background:  # (after the drain: refusals are still counted during it)
+        task.cancel()
     await reloader.stop()
     await runner.cleanup()
     if access_log is not None:
@@ -324,11 +324,11 @@ async def serve_worker(
     reloader.start(watch=opts.watch)
     background = _start_background(runtime)
     await stop.wait()
-    for task in background:
-        task.cancel()
     runtime.draining = True
     await engine.close_listeners()
     await engine.shutdown(opts.drain_timeout)
+    for task in background:  # (after the drain: refusals are still counted during it)
+        task.cancel()
     await reloader.stop()
     await runner.cleanup()
     if access_log is not None:

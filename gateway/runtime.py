@@ -8,6 +8,7 @@ under the GIL), so no request ever sees half of one config and half of another.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -112,7 +113,10 @@ class Runtime:
         for decision, values in pending:
             if len(values) == 1:
                 key = (decision, values[0])
-                counts[key] = counts.get(key, 0) + 1
+                # pop and insert: a key moves to the end at each refusal, so the pairs are
+                # added in the order of their last refusal, and a Host's slot ends with the
+                # reason it was last refused for, as one add per refusal left it.
+                counts[key] = counts.pop(key, 0) + 1
         now = time.time()
         add = self.blocked.add
         for (decision, host), n in counts.items():
@@ -130,7 +134,10 @@ class Runtime:
     async def fold_blocked_forever(self) -> None:
         while True:
             await asyncio.sleep(FOLD_S)
-            self.fold_blocked()
+            try:
+                self.fold_blocked()
+            except Exception:  # a bug here must not stop the folding for good
+                logging.getLogger("gateway").exception("folding the top blocked hosts failed")
 
     def refused_connection(self, listener: str, reason: str) -> None:
         self.counters.values[self.counters.slot(REFUSED_CONN, (listener, reason))] += 1

@@ -9,6 +9,10 @@ silently ignored; without a build (no C compiler, a failed build, ``GATEWAY_NO_E
 the engine runs interpreted, the same code.
 
     python scripts/compile_fast.py          # about 30 s on this machine
+
+Without a C compiler or Python's headers, or when the build fails, it says so and exits 0
+(the engine runs interpreted); with GATEWAY_REQUIRE_COMPILED=1, as ``make test`` runs it, it
+fails instead, so CI never tests the interpreted build thinking it is the compiled one.
 """
 
 from __future__ import annotations
@@ -28,45 +32,86 @@ sys.path.insert(0, str(ROOT))
 from gateway.fast import MODULES, source_digest  # noqa: E402
 
 
+def fail(message: str) -> int:
+    """A build that cannot be made: the engine runs interpreted. Under
+    GATEWAY_REQUIRE_COMPILED=1 (``make test`` sets it) that is an error instead."""
+    strict = bool(os.environ.get("GATEWAY_REQUIRE_COMPILED"))
+    print(
+        f"compile_fast: {message}: the fast engine runs interpreted"
+        + (" (GATEWAY_REQUIRE_COMPILED is set: failing)" if strict else ""),
+        file=sys.stderr,
+    )
+    return 1 if strict else 0
+
+
+def current() -> bool:
+    """A build of the sources as they are is already there."""
+    init = TARGET / "__init__.py"
+    built = init.exists() and f'SOURCE_DIGEST = "{source_digest()}"' in init.read_text()
+    return built and all((TARGET / name).exists() for name in _extension_names())
+
+
+def _extension_names() -> list[str]:
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return [f"{name}{suffix}" for name in (*MODULES, "native__mypyc")]
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    paths = [f"gateway/fast_c/{name}.py" for name in MODULES]
+    print(f"compile_fast: compiling {len(paths)} modules with mypyc", flush=True)
+    extensions = mypycify(
+        paths, opt_level="3", group_name="gateway.fast_c.native", target_dir=str(BUILD)
+    )
+    # A bare Distribution, not setup(): setup() would read the project's pyproject.toml,
+    # whose packaging metadata has nothing to do with this build.
+    dist = Distribution({"name": "gateway-fast-compiled", "ext_modules": extensions})
+    dist.script_args = ["-q", "build_ext", "--inplace", "--build-temp", str(BUILD / "temp")]
+    dist.parse_command_line()
+    dist.run_commands()
+
+
 def main() -> int:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        print(
-            f"compile_fast: no C compiler ({compiler}): the fast engine runs interpreted",
-            file=sys.stderr,
-        )
+    listed = sorted(p.stem for p in SOURCE.glob("*.py") if p.stem != "__init__")
+    if listed != sorted(MODULES):
+        # A module left out would run interpreted beside compiled ones, or not be found.
+        print(f"compile_fast: gateway.fast.MODULES {MODULES} != {listed}", file=sys.stderr)
+        return 1
+    os.chdir(ROOT)  # mypyc names modules by their paths
+    if current():
+        print("compile_fast: the compiled build is current")
         return 0
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return fail(f"no C compiler ({compiler})")
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not header.exists():
+        return fail(f"no Python headers ({header})")
     digest = source_digest()
     shutil.rmtree(TARGET, ignore_errors=True)
     TARGET.mkdir(parents=True)
     for name in MODULES:
         shutil.copyfile(SOURCE / f"{name}.py", TARGET / f"{name}.py")
     (TARGET / "__init__.py").write_text("")  # a package while mypyc builds it
-
-    from mypyc.build import mypycify
-    from setuptools import setup
-
-    os.chdir(ROOT)
-    paths = [f"gateway/fast_c/{name}.py" for name in MODULES]
-    print(f"compile_fast: compiling {len(paths)} modules with mypyc", flush=True)
-    setup(
-        name="gateway-fast-compiled",
-        packages=[],
-        ext_modules=mypycify(
-            paths, opt_level="3", group_name="gateway.fast_c.native", target_dir=str(BUILD)
-        ),
-        script_args=["-q", "build_ext", "--inplace", "--build-temp", str(BUILD / "temp")],
-    )
+    try:
+        build()
+    except (Exception, SystemExit) as exc:  # setuptools reports a failed build by SystemExit
+        shutil.rmtree(TARGET, ignore_errors=True)
+        return fail(f"the build failed ({exc})")
     for name in MODULES:
         (TARGET / f"{name}.py").unlink()
+    if source_digest() != digest:
+        # Edited while it compiled: this build is of the old sources; leave it unmarked.
+        return fail("the sources changed during the build; run it again")
     # Last: until this file holds the digest, the build is not used.
     (TARGET / "__init__.py").write_text(
         '"""The fast engine compiled by mypyc from gateway/fast (scripts/compile_fast.py);\n'
         'generated, not in git."""\n\n'
         f'SOURCE_DIGEST = "{digest}"\n'
     )
-    built = sorted(p.name for p in TARGET.glob("*.so"))
-    print(f"compile_fast: built {', '.join(built)}")
+    print(f"compile_fast: built {', '.join(_extension_names())}")
     return 0
 
 

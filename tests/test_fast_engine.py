@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -706,6 +707,31 @@ VALUES = st.one_of(
 )
 
 
+def _builds() -> list[str]:
+    """The engine's packages the unit tests below run on: its sources, and the compiled
+    build when there is a current one (`make test` requires one: GATEWAY_REQUIRE_COMPILED)."""
+    import importlib
+
+    import gateway.fast as fast
+
+    try:
+        current = (fast.source_digest()) == importlib.import_module(
+            fast.COMPILED_PACKAGE
+        ).SOURCE_DIGEST
+    except (ImportError, AttributeError):
+        current = False
+    compiled = current or bool(os.environ.get("GATEWAY_REQUIRE_COMPILED"))
+    return ["gateway.fast", fast.COMPILED_PACKAGE] if compiled else ["gateway.fast"]
+
+
+@pytest.fixture(params=_builds(), scope="module")
+def fast_pkg(request: pytest.FixtureRequest) -> Any:
+    """``module(name)``: one of the engine's modules, from the build under test."""
+    import importlib
+
+    return lambda name: importlib.import_module(f"{request.param}.{name}")
+
+
 @pytest.mark.sansio
 @settings(max_examples=400, deadline=None)
 @given(
@@ -713,9 +739,9 @@ VALUES = st.one_of(
     host=st.sampled_from(["www.acme.com", "acme.com:8443", "[2001:db8::1]"]),
 )
 def test_request_head_keeps_upstream_headers_rules(
-    headers: list[tuple[str, str]], host: str
+    fast_pkg: Any, headers: list[tuple[str, str]], host: str
 ) -> None:
-    from gateway.fast.headers import request_head
+    request_head = fast_pkg("headers").request_head
     from gateway.proxy import header_text, upstream_headers
 
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
@@ -758,8 +784,9 @@ def test_request_head_keeps_upstream_headers_rules(
         (b"5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n", "error"),
     ],
 )
-def test_chunked_framing(body: bytes, result: int | str) -> None:
-    from gateway.fast.chunked import ChunkedFraming, ChunkedFramingError
+def test_chunked_framing(fast_pkg: Any, body: bytes, result: int | str) -> None:
+    chunked = fast_pkg("chunked")
+    ChunkedFraming, ChunkedFramingError = chunked.ChunkedFraming, chunked.ChunkedFramingError
 
     def run(split: int) -> int | str:
         f = ChunkedFraming()
@@ -777,8 +804,9 @@ def test_chunked_framing(body: bytes, result: int | str) -> None:
 
 
 @pytest.mark.sansio
-def test_prebuilt_refusal_is_responses_refusal_text() -> None:
-    from gateway.fast.prebuilt import CLOSE, KEEP_11, Refusal
+def test_prebuilt_refusal_is_responses_refusal_text(fast_pkg: Any) -> None:
+    prebuilt = fast_pkg("prebuilt")
+    CLOSE, KEEP_11, Refusal = prebuilt.CLOSE, prebuilt.KEEP_11, prebuilt.Refusal
     from gateway.policy import Decision
     from gateway.responses import refusal_text
 
@@ -824,8 +852,8 @@ def test_refusal_log_take_is_the_token_bucket(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.sansio
-def test_request_ids_are_distinct_hex() -> None:
-    from gateway.fast.prebuilt import RequestIds
+def test_request_ids_are_distinct_hex(fast_pkg: Any) -> None:
+    RequestIds = fast_pkg("prebuilt").RequestIds
 
     ids = RequestIds()
     got = [ids.next() for _ in range(1000)]  # across several refills
@@ -841,7 +869,9 @@ def test_inprocess_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert inprocess.main(["--requests", "50", "--reps", "1"]) == 0
     first, *lines = capsys.readouterr().out.splitlines()
     # Which build "fast" measured: the compiled one when it is current (as --engine fast).
-    built = "gateway.fast" if os.environ.get("GATEWAY_NO_EXTENSIONS") else "gateway.fast_c"
+    from gateway.fast import engine_class
+
+    built = "gateway.fast_c" if engine_class()[1] == "compiled" else "gateway.fast"
     assert first == f"fast: {built}, fast-py: gateway.fast"
     assert [line.split()[:2] for line in lines] == [
         ["fast", "refused"], ["fast", "proxied"], ["fast-py", "refused"], ["fast-py", "proxied"],
@@ -918,8 +948,9 @@ def test_upstream_parser_counts_a_second_final_response() -> None:
 
 
 @pytest.mark.sansio
-def test_response_fields_are_aiohttps_checks() -> None:
-    from gateway.fast.protocol import BadResponse, response_fields
+def test_response_fields_are_aiohttps_checks(fast_pkg: Any) -> None:
+    protocol = fast_pkg("protocol")
+    BadResponse, response_fields = protocol.BadResponse, protocol.response_fields
 
     assert response_fields(b"OK", [(b"A", b"x  "), (b"B", b"\ty\t")]) == [
         (b"A", b"x"),
@@ -954,10 +985,11 @@ def test_upstream_parser_flags_a_partial_second_head() -> None:
 
 
 @pytest.mark.sansio
-def test_interim_heads_get_the_parsers_checks_only() -> None:
+def test_interim_heads_get_the_parsers_checks_only(fast_pkg: Any) -> None:
     """A swallowed interim head is held to aiohttp's parser (NUL, limits), not to its
     writer (other control characters), as the aiohttp engine does."""
-    from gateway.fast.protocol import BadResponse, response_fields
+    protocol = fast_pkg("protocol")
+    BadResponse, response_fields = protocol.BadResponse, protocol.response_fields
 
     assert response_fields(b"EH", [(b"L", b"a\x01b ")], relayed=False) == [(b"L", b"a\x01b")]
     with pytest.raises(BadResponse):
@@ -968,30 +1000,42 @@ def test_interim_heads_get_the_parsers_checks_only() -> None:
 
 
 def test_the_compiled_build_is_what_runs_unless_turned_off(tmp_path: Path) -> None:
-    """`make test` compiles the engine first (`make compile`), so the live suite runs the
-    compiled build, and `make pytest-interpreted` runs this file again with
-    GATEWAY_NO_EXTENSIONS=1 on the sources as they are."""
+    """`make test` compiles the engine first (`make compile`, with GATEWAY_REQUIRE_COMPILED=1:
+    a build that cannot be made fails it), so the live suite runs the compiled build, and
+    `make pytest-interpreted` runs this file again with GATEWAY_NO_EXTENSIONS=1 on the
+    sources as they are."""
     from gateway.fast import engine_class
 
     cls, build = engine_class()
     off = bool(os.environ.get("GATEWAY_NO_EXTENSIONS"))
     if off:
         assert cls.__module__ == "gateway.fast.engine" and build.startswith("interpreted")
-    else:
+    elif os.environ.get("GATEWAY_REQUIRE_COMPILED"):
         assert build == "compiled", f"{build} (run `make compile`)"
         assert cls.__module__ == "gateway.fast_c.engine"
     # What the gateway process says it runs is the same.
     with running_gateway(config("http://127.0.0.1:9"), tmp_path, engine="fast") as gw:
         said = re.search(r"fast engine build=(\w+)", gw.proc.output())
-        assert said is not None and said.group(1) == ("interpreted" if off else "compiled")
+        assert said is not None and said.group(1) == build.split()[0]
 
 
-def test_a_stale_compiled_build_is_never_run(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stale_or_broken_compiled_build_is_never_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
     import gateway.fast as fast
 
     monkeypatch.delenv("GATEWAY_NO_EXTENSIONS", raising=False)
-    assert fast.engine_class()[1] == "compiled", "run `make compile`"
-    # An edit to gateway/fast that was not compiled yet: the sources run, not the build.
-    monkeypatch.setattr(fast, "source_digest", lambda: "0" * 64)
+    fake = types.ModuleType("fake_fast_c")
+    monkeypatch.setitem(sys.modules, "fake_fast_c", fake)
+    monkeypatch.setattr(fast, "COMPILED_PACKAGE", "fake_fast_c")
+    # Made from other sources (an edit not compiled yet): the sources run.
+    fake.SOURCE_DIGEST = "0" * 64  # type: ignore[attr-defined]
     cls, build = fast.engine_class()
     assert cls is fast.FastEngine and "stale" in build
+    # Current, but its modules do not load (another Python's build, half removed).
+    fake.SOURCE_DIGEST = fast.source_digest()  # type: ignore[attr-defined]
+    cls, build = fast.engine_class()
+    assert cls is fast.FastEngine and "does not load" in build
+    # No build at all.
+    monkeypatch.setattr(fast, "COMPILED_PACKAGE", "no_such_fast_c")
+    assert fast.engine_class() == (fast.FastEngine, "interpreted (no compiled build: make compile)")

@@ -23,7 +23,8 @@ callbacks, with flow control on the transports both ways.
 
 The same modules, compiled to C by mypyc (``make compile``: ``scripts/compile_fast.py``
 copies them to ``gateway/fast_c`` and compiles the copy), are what ``--engine fast`` runs
-when that build exists and was made from these very sources (``engine_class``); otherwise
+when that build exists and was made from the sources as they are (``source_digest``: the
+whole package, since mypyc compiles against its types; ``engine_class``); otherwise
 it runs them as they are, interpreted. aiohttp, yarl and multidict ship C builds of their
 hot modules beside the Python ones the same way, and ``GATEWAY_NO_EXTENSIONS=1`` turns the
 compiled build off as ``AIOHTTP_NO_EXTENSIONS=1`` does theirs.
@@ -33,8 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -49,13 +52,23 @@ COMPILED_PACKAGE = "gateway.fast_c"
 
 
 def source_digest() -> str:
-    """SHA-256 of the engine's modules: a compiled build records the digest it was made
-    from, so a build older than the sources is never run."""
-    here = Path(__file__).resolve().parent
+    """SHA-256 of what a compiled build is made from: every module of the ``gateway``
+    package (mypyc compiles the engine against their types, and inlines their ``Final``
+    constants), mypy's version and the interpreter's. A build records the digest it was
+    made from, so a build older than any of them is never run."""
+    root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for name in MODULES:
-        data = (here / f"{name}.py").read_bytes()
-        h.update(b"%s %d\n" % (name.encode("ascii"), len(data)))
+    try:
+        mypy_version = importlib.metadata.version("mypy")
+    except importlib.metadata.PackageNotFoundError:
+        mypy_version = "none"
+    h.update(f"{sys.implementation.cache_tag} mypy {mypy_version}\n".encode())
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("fast_c/"):
+            continue
+        data = path.read_bytes()
+        h.update(b"%s %d\n" % (rel.encode(), len(data)))
         h.update(data)
     return h.hexdigest()
 
@@ -76,7 +89,7 @@ def engine_class() -> tuple[type[FastEngine], str]:
         return FastEngine, "interpreted (the compiled build is stale: make compile)"
     try:
         module = importlib.import_module(f"{COMPILED_PACKAGE}.engine")
-    except ImportError as exc:  # built for another Python, or half removed
+    except Exception as exc:  # built for another Python, half removed, or failing to load
         log.warning("the compiled fast engine does not load (%s): running its sources", exc)
         return FastEngine, "interpreted (the compiled build does not load)"
     # The same class, compiled from the same source (the digest says so).

@@ -540,7 +540,8 @@ class ClientConnection(asyncio.Protocol):
         try:
             if end < 0 or end + 4 >= len(data):
                 messages, upgraded, tail = parser.feed_data(data)
-                return messages, None, upgraded, tail
+                # (a list: aiohttp's parser answers an empty read with a tuple)
+                return list(messages), None, upgraded, tail
             start = 0
             size = len(data)
             while start < size:
