@@ -27,6 +27,7 @@ venv install: $(STAMP)
 # (every module of the package: the build is compiled against their types; see
 # gateway.fast.source_digest, which decides whether a build is used)
 $(COMPILED): $(STAMP) $(shell find gateway -name '*.py' -not -path 'gateway/fast_c/*') scripts/compile_fast.py
+	@if [ -n "$$GATEWAY_REQUIRE_COMPILED" ]; then scripts/ensure-apt.sh gcc:gcc; fi
 	$(BIN)/python scripts/compile_fast.py
 
 compile: $(COMPILED)

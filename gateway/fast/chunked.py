@@ -19,11 +19,14 @@ from typing import Final
 # integer conversion overflows").
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t !-~\x80-\xff])*"'
+# (joined, not added: see gateway/fast/__init__.py on `bytes + bytes` once compiled)
 _SIZE_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:"
-    + _TOKEN + rb"|" + _QUOTED + rb"))?)*)"
+    b"".join((
+        rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*", _TOKEN, rb"(?:[ \t]*=[ \t]*(?:",
+        _TOKEN, rb"|", _QUOTED, rb"))?)*)",
+    ))
 )  # fmt: skip
-_FIELD_LINE = re.compile(_TOKEN + rb":[\t -~\x80-\xff]*")
+_FIELD_LINE = re.compile(b"".join((_TOKEN, rb":[\t -~\x80-\xff]*")))
 CR: Final = 0x0D  # an int, not b"\r": see headers.UNDERSCORE
 MAX_LINE = 8190  # aiohttp's default max_line_size
 MAX_TRAILERS = 64 * 1024
@@ -69,7 +72,7 @@ class ChunkedFraming:
                     if len(self._line) > MAX_LINE:
                         raise ChunkedFramingError("chunk line too long")
                     return -1
-                line = self._line + data[i : j + 1]
+                line = b"".join((self._line, data[i : j + 1]))
                 self._line = b""
                 i = j + 1
                 if len(line) > MAX_LINE:

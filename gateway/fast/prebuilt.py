@@ -31,7 +31,7 @@ KEEP_10: Final = 1
 CLOSE: Final = 2
 CONNECTION_LINE: Final = (b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n")
 # The same, with the blank line that ends a head.
-CONNECTION_END: Final = tuple(line + b"\r\n" for line in CONNECTION_LINE)
+CONNECTION_END: Final = tuple(b"".join((line, b"\r\n")) for line in CONNECTION_LINE)
 
 
 _STATUS_LINES: dict[tuple[int, str | None], bytes] = {}
@@ -132,14 +132,16 @@ class Refusal:
         self.status = decision.status
         text = refusal_text(decision.label, _PLACEHOLDER, decision.body).encode("utf-8")
         body_a, sep, body_b = text.partition(_PLACEHOLDER.encode())
-        self._body_a = b"\r\n" + body_a
+        self._body_a = b"".join((b"\r\n", body_a))
         self._body_b = body_b if sep else None  # None: a custom body without the id
-        self._head = status_line(decision.status) + b"Cache-Control: no-store\r\nX-Request-ID: "
+        self._head = b"".join(
+            (status_line(decision.status), b"Cache-Control: no-store\r\nX-Request-ID: ")
+        )
         common = (
             b"\r\nX-Gateway-Config: %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\n" % (short_sha.encode("ascii"), len(text))
         )
-        self._tails = tuple(common + line for line in CONNECTION_LINE)
+        self._tails = tuple(b"".join((common, line)) for line in CONNECTION_LINE)
 
     def render(self, rid: bytes, date: bytes, mode: int, head_only: bool) -> bytes:
         if head_only:

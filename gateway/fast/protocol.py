@@ -1379,7 +1379,7 @@ class Forward:
                 if kind == _DATE:
                     has_date = True
                 elif kind == _TE:
-                    te = value if te is None else te + b"," + value
+                    te = value if te is None else b",".join((te, value))
                     continue
                 elif kind == _INVALID:
                     self._upstream_failed("protocol", "upstream sent an invalid response")
@@ -1462,11 +1462,11 @@ class Forward:
             if head is None:
                 transport.write(data)
             elif len(data) < 65536:
-                transport.write(head + data)  # one copy of a small body, one send
+                transport.write(b"".join((head, data)))  # one copy of a small body, one send
             else:
                 transport.writelines((head, data))
         elif head is not None:
-            transport.write(head + b"0\r\n\r\n" if eof and out == OUT_CHUNKED else head)
+            transport.write(b"".join((head, b"0\r\n\r\n")) if eof and out == OUT_CHUNKED else head)
         elif eof and out == OUT_CHUNKED:
             transport.write(b"0\r\n\r\n")
         if eof:
