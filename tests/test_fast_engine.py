@@ -33,6 +33,7 @@ from support import (
     metric_sum,
     raw_request,
     read_response,
+    rss_mib,
     running_gateway,
     wait_until,
 )
@@ -456,13 +457,6 @@ def test_read_timeout_mid_body_cuts_the_response(raw_upstream: Any, tmp_path: Pa
 # -- back-pressure -----------------------------------------------------------------------------
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_slow_reader_pauses_the_upstream(raw_upstream: Any, tmp_path: Path) -> None:
     """A client that stops reading a 64 MiB download: the gateway stops reading the
     upstream (its buffers stay bounded), and the download completes once it reads."""
@@ -481,7 +475,7 @@ def test_slow_reader_pauses_the_upstream(raw_upstream: Any, tmp_path: Path) -> N
     up = raw_upstream(handler)
     with running_gateway(config(up.url), tmp_path) as gw, connect(gw, 30) as s:
         pid = gw.proc.popen.pid
-        before = _rss_mib(pid)
+        before = rss_mib(pid)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.sendall(GET % b"/big")
         time.sleep(1.5)  # not reading
@@ -489,7 +483,7 @@ def test_slow_reader_pauses_the_upstream(raw_upstream: Any, tmp_path: Path) -> N
         time.sleep(0.5)
         assert sent[0] == stalled, "the upstream kept sending to a client that reads nothing"
         assert stalled < 24 * 1024 * 1024, f"{stalled / 2**20:.1f} MiB left the upstream"
-        assert _rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
+        assert rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
         r = read_response(s, bytearray())
         assert r.status == 200 and len(r.body) == size
 
@@ -510,7 +504,7 @@ def test_slow_upstream_pauses_the_client(raw_upstream: Any, tmp_path: Path) -> N
     up = raw_upstream(handler)
     with running_gateway(config(up.url, limits={"max_body_bytes": size}), tmp_path) as gw:
         pid = gw.proc.popen.pid
-        before = _rss_mib(pid)
+        before = rss_mib(pid)
         pushed = [0]
         with connect(gw, 30) as s:
 
@@ -528,7 +522,7 @@ def test_slow_upstream_pauses_the_client(raw_upstream: Any, tmp_path: Path) -> N
             time.sleep(1.5)
             stalled = pushed[0]
             assert stalled < 24 * 1024 * 1024, f"{stalled / 2**20:.1f} MiB accepted while stalled"
-            assert _rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
+            assert rss_mib(pid) - before < 8, "the gateway buffered the stalled body"
             go.set()
             t.join(30)
             r = read_response(s, bytearray())
@@ -890,11 +884,6 @@ def _recorder() -> Any:
     return UpstreamConnection(_Pools(), None, [])  # type: ignore[arg-type]
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.parametrize("scenario", ["refused", "proxied"])
 @pytest.mark.parametrize("interpreted", [False, True], ids=["as-run", "interpreted"])
 def test_no_memory_kept_per_request(
@@ -917,11 +906,11 @@ def test_no_memory_kept_per_request(
         for _ in range(20_000):  # warm: pools, caches, the first refills
             step()
         gc.collect()
-        before = _rss_mib()
+        before = rss_mib(os.getpid())
         for _ in range(100_000):
             step()
         gc.collect()
-        growth.append(_rss_mib() - before)
+        growth.append(rss_mib(os.getpid()) - before)
         return 0.0
 
     monkeypatch.setattr(inprocess, "best_of", measure)
