@@ -28,13 +28,20 @@ FOLD_AT = 512
 FOLD_S = 0.25
 
 
+def refusal_reason(decision: Decision) -> str:
+    """A refusal's reason as logged and counted ("would_block" in report mode)."""
+    return "would_block" if decision.would_block else decision.label
+
+
+def shown_host(host: str) -> str:
+    """A Host value as logged and counted: printable (bytes that were not UTF-8 escaped)."""
+    return host if host.isascii() else printable(host)
+
+
 def logged_fields(host_values: Sequence[str], decision: Decision) -> tuple[str | None, str]:
-    """A refusal's Host as logged and counted (printable; None when there was not exactly
-    one) and its reason ("would_block" in report mode)."""
-    host = host_values[0] if len(host_values) == 1 else None
-    if host is not None and not host.isascii():
-        host = printable(host)
-    return host, "would_block" if decision.would_block else decision.label
+    """A refusal's Host as logged (None when there was not exactly one) and its reason."""
+    host = shown_host(host_values[0]) if len(host_values) == 1 else None
+    return host, refusal_reason(decision)
 
 
 class Runtime:
@@ -120,8 +127,7 @@ class Runtime:
         now = time.time()
         add = self.blocked.add
         for (decision, host), n in counts.items():
-            reason = "would_block" if decision.would_block else decision.label
-            add(decision.environment, host if host.isascii() else printable(host), reason, now, n)
+            add(decision.environment, shown_host(host), refusal_reason(decision), now, n)
 
     def blocked_snapshot(self) -> dict[str, list[dict[str, object]]]:
         self.fold_blocked()

@@ -29,7 +29,7 @@ TARGET = ROOT / "gateway" / "fast_c"
 BUILD = ROOT / "build" / "mypyc"
 
 sys.path.insert(0, str(ROOT))
-from gateway.fast import MODULES, source_digest  # noqa: E402
+from gateway.fast import MODULES, built_digest, source_digest  # noqa: E402
 
 
 def fail(message: str) -> int:
@@ -46,8 +46,7 @@ def fail(message: str) -> int:
 
 def current() -> bool:
     """A build of the sources as they are is already there."""
-    init = TARGET / "__init__.py"
-    built = init.exists() and f'SOURCE_DIGEST = "{source_digest()}"' in init.read_text()
+    built = built_digest() == source_digest()
     return built and all((TARGET / name).exists() for name in _extension_names())
 
 

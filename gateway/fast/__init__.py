@@ -48,7 +48,7 @@ from typing import cast
 
 from .engine import FastEngine
 
-__all__ = ["FastEngine", "engine_class", "source_digest"]
+__all__ = ["FastEngine", "built_digest", "engine_class", "source_digest"]
 
 log = logging.getLogger("gateway")
 
@@ -78,16 +78,25 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
+def built_digest() -> str | None:
+    """The digest the compiled build was made from; None when there is no (whole) build."""
+    try:
+        package = importlib.import_module(COMPILED_PACKAGE)
+    except ImportError:
+        return None
+    digest = getattr(package, "SOURCE_DIGEST", None)  # written last: absent mid-build
+    return digest if isinstance(digest, str) else None
+
+
 def engine_class() -> tuple[type[FastEngine], str]:
     """The fast engine to run and which build it is: ``"compiled"``, or ``"interpreted"``
     with the reason in brackets."""
     if os.environ.get("GATEWAY_NO_EXTENSIONS"):
         return FastEngine, "interpreted (GATEWAY_NO_EXTENSIONS is set)"
-    try:
-        package = importlib.import_module(COMPILED_PACKAGE)
-    except ImportError:
+    built = built_digest()
+    if built is None:
         return FastEngine, "interpreted (no compiled build: make compile)"
-    if getattr(package, "SOURCE_DIGEST", None) != source_digest():
+    if built != source_digest():
         # Never run code older than the sources: an edit not yet compiled would be
         # silently ignored.
         log.warning("the compiled fast engine is older than its sources: running them")
