@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from gateway.config import LoadedConfig
 from gateway.counters import Counters
@@ -24,8 +25,8 @@ RELOADS = "gateway_config_reloads_total"
 REFUSED_CONN = "gateway_connections_refused_total"
 # Refusals held before they are counted in the top blocked hosts (Runtime.note_blocked):
 # at most this many (each holds its Host value, up to 8 KB), for at most FOLD_S seconds.
-FOLD_AT = 512
-FOLD_S = 0.25
+FOLD_AT: Final = 512
+FOLD_S: Final = 0.25
 
 
 def refusal_reason(decision: Decision) -> str:
@@ -58,8 +59,8 @@ class Runtime:
         self.connections_open: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
         self.in_flight: dict[str, int] = dict.fromkeys(self.snapshot.listeners, 0)
         self.blocked = BlockedHosts()
-        self.blocked_pending: list[tuple[Decision, Sequence[str]]] = []
-        self.refusal_log = RefusalLog()
+        self.blocked_pending: Final[list[tuple[Decision, Sequence[str]]]] = []
+        self.refusal_log: Final = RefusalLog()
         self.listeners_up = False
         self.draining = False
         self.worker_id = os.getpid()
@@ -110,10 +111,11 @@ class Runtime:
             self.fold_blocked()
 
     def fold_blocked(self) -> None:
-        pending = self.blocked_pending
-        if not pending:
+        if not self.blocked_pending:
             return
-        self.blocked_pending = []
+        # Emptied in place: the fast engine's listeners hold this list.
+        pending = self.blocked_pending.copy()
+        self.blocked_pending.clear()
         # Refusals repeat (a flood is one Host, or a few): counted per (decision, Host)
         # first, the table touched once per distinct pair.
         counts: dict[tuple[Decision, str], int] = {}

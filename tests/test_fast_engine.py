@@ -790,6 +790,70 @@ def test_chunked_framing(fast_pkg: Any, body: bytes, result: int | str) -> None:
         assert run(split) == result, split
 
 
+def _vector_snapshot(name: str) -> Any:
+    import json
+
+    from vectors_util import config_for
+
+    from gateway.config import load_bytes
+    from gateway.counters import Counters
+    from gateway.policy import compile_config
+
+    return compile_config(load_bytes(json.dumps(config_for(name)).encode()), Counters())
+
+
+@pytest.mark.sansio
+def test_listener_view_decides_as_the_policy(fast_pkg: Any) -> None:
+    """The engine's view of a listener (view.ListenerView) answers every shared vector as
+    ListenerPolicy.decide does, and its Outcome carries the decision's fields."""
+    from vectors_util import CASES
+
+    ListenerView = fast_pkg("view").ListenerView
+    views: dict[str, Any] = {}
+    for case in CASES:
+        if case["config"] not in views:
+            snap = _vector_snapshot(case["config"])
+            views[case["config"]] = ListenerView(snap, next(iter(snap.listeners.values())))
+        view = views[case["config"]]
+        values = case["hosts"] if "hosts" in case else [case["host"]]
+        method, target = case.get("method", "GET"), case.get("target", "/")
+        want = view.lp.decide(values, method, target)
+        for _ in range(2):  # the second answer comes from the view's cache
+            if len(values) == 1 and target[:1] == "/" and method != "CONNECT" and "#" not in target:
+                out, forward = view.decide_host(values[0])
+            else:
+                out, forward = view.decide(values, method, target)
+            assert (out.decision, forward) == want, case["note"]
+        d = out.decision
+        assert out.refuse == (d.action == "refuse")
+        assert (out.status, out.slot, out.disagreement_slot, out.env) == (
+            d.status,
+            d.slot,
+            d.disagreement_slot,
+            d.env,
+        )
+        assert out.noted == (d.action == "refuse" or d.would_block)
+        assert (out.refusal is not None) == (d.action == "refuse" and d.status != 0)
+        assert view.outcome(d) is out  # one Outcome per decision
+
+
+@pytest.mark.sansio
+def test_listener_view_cache_is_bounded(fast_pkg: Any) -> None:
+    from gateway.policy import RECENT_MAX_KEY, RECENT_SIZE
+
+    snap = _vector_snapshot("single")
+    view = fast_pkg("view").ListenerView(snap, snap.listeners["default"])
+    for i in range(RECENT_SIZE * 2 + 7):
+        out, _ = view.decide_host(f"h{i}.Example.com")
+        assert out.refuse
+        assert len(view.recent) <= RECENT_SIZE
+    long_value = "a" * (RECENT_MAX_KEY + 1)
+    view.decide_host(long_value)
+    assert long_value not in view.recent
+    # Outcomes are per decision, not per Host: a flood of names adds none.
+    assert len(view.outcomes) < 16
+
+
 @pytest.mark.sansio
 def test_prebuilt_refusal_is_responses_refusal_text(fast_pkg: Any) -> None:
     prebuilt = fast_pkg("prebuilt")

@@ -165,6 +165,7 @@ def test_refusals_are_held_then_folded_and_every_read_sees_them(tmp_path: Any) -
     from gateway.runtime import FOLD_AT
 
     rt = _runtime(tmp_path)
+    held = rt.blocked_pending  # the fast engine's listeners hold this list: never replaced
     for _ in range(3):
         _refuse(rt, ["evil.example"])
     # Bytes that are not UTF-8 (decoded with surrogateescape): counted as \xNN escapes.
@@ -186,6 +187,7 @@ def test_refusals_are_held_then_folded_and_every_read_sees_them(tmp_path: Any) -
     assert rt.blocked.per_env["prod"].slots["flood.example"].count == FOLD_AT * 3
     rt.clear_blocked("prod")  # a clear drops the held ones too
     assert rt.blocked_snapshot() == {}
+    assert rt.blocked_pending is held
 
 
 async def test_held_refusals_are_folded_on_a_timer(tmp_path: Any) -> None:

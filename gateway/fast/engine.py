@@ -16,7 +16,7 @@ from gateway.wire import open_listener
 
 from .prebuilt import DateLine, RequestIds
 from .protocol import ClientConnection, Listener
-from .upstream import UpstreamPools
+from .upstream import CLOCK, UpstreamPools
 
 # How often the forwards waiting on an upstream are checked for their timeouts: a read
 # timeout fires between read_s and read_s + TICK_S (nginx's timer resolution is 1 ms, but
@@ -68,7 +68,7 @@ class FastEngine:
         self.runtime.listeners_up = True
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
+        now = CLOCK()  # the clock of the connections' deadlines
         self._ticks += 1
         keepalive_s = self.runtime.snapshot.config.timeouts.keepalive_s
         for listener in self._listeners.values():

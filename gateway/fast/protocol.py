@@ -35,12 +35,12 @@ from typing import Any, Final, cast
 
 from aiohttp import hdrs  # istr names: a multidict lookup without lowercasing the key
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.streams import EMPTY_PAYLOAD as _EMPTY_PAYLOAD
 from httptools import HttpParserCallbackError, HttpParserUpgrade
 
 from gateway import proxy_protocol
 from gateway.accesslog import AccessLog
-from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot
+from gateway.policy import Decision, EnvPolicy, Snapshot
 from gateway.proxy import DROP_RESPONSE, FORBIDDEN_IN_FIELD, client_address, connection_tokens
 from gateway.runtime import FOLD_AT, Runtime, logged_fields
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
@@ -57,6 +57,7 @@ from .prebuilt import (
     RequestIds,
 )
 from .upstream import (
+    CLOCK,
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,
@@ -66,8 +67,13 @@ from .upstream import (
     UpstreamConnection,
     UpstreamPools,
 )
+from .view import ListenerView, Outcome
 
 log = logging.getLogger("gateway.fast")
+# Module constants bound to Final names: the compiled build keeps them in C statics, where
+# an imported name is a dict lookup in the module's globals at every use.
+HOST: Final = hdrs.HOST
+EMPTY_PAYLOAD: Final = _EMPTY_PAYLOAD
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
 # framing; with it, chunked bodies are checked by chunked.ChunkedFraming first.
 PYTHON_PARSER: Final = HttpRequestParser.__module__ == "aiohttp.http_parser"
@@ -251,8 +257,13 @@ class Listener:
         # sweep (engine.TICK_S) instead of a timer each: uvloop's call_at and cancel cost
         # ~4 µs per request, a set add and discard ~0.1 µs.
         self.active: set[Forward] = set()
-        self.refusals: dict[Decision, Refusal] = {}
-        self.refusals_snap: Snapshot | None = None
+        # The policy as the request path reads it (view.ListenerView), remade when a
+        # request first meets a new snapshot; and the runtime's lists that never change
+        # identity, held here so a request reads them without a Python attribute lookup.
+        self.view = ListenerView(runtime.snapshot, runtime.snapshot.listeners[name])
+        self.counters: list[int] = runtime.counters.values
+        self.blocked_pending: list[tuple[Decision, Sequence[str]]] = runtime.blocked_pending
+        self.refusal_log = runtime.refusal_log
 
     def new_parser(self) -> Any:
         return HttpRequestParser(
@@ -265,14 +276,18 @@ class Listener:
             auto_decompress=False,
         )
 
+    def view_of(self, snap: Snapshot) -> ListenerView:
+        view = self.view
+        if view.snap is not snap:
+            view = self.view = ListenerView(snap, snap.listeners[self.name])
+        return view
+
     def refusal(self, decision: Decision, snap: Snapshot) -> Refusal:
-        if snap is not self.refusals_snap:
-            self.refusals = {}
-            self.refusals_snap = snap
-        tpl = self.refusals.get(decision)
-        if tpl is None:
-            tpl = self.refusals[decision] = Refusal(decision, snap.short_sha)
-        return tpl
+        """A refusal's bytes; prebuilt in this listener's view of the snapshot in use,
+        made afresh for a request still decided by an older one."""
+        view = self.view
+        tpl = view.outcome(decision).refusal if view.snap is snap else None
+        return tpl if tpl is not None else Refusal(decision, snap.short_sha)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self.loop.create_task(coro)
@@ -474,7 +489,10 @@ class ClientConnection(asyncio.Protocol):
                 # At most one header block, at the end: one feed (_parse, inline).
                 exc: BaseException | None = None
                 try:
-                    messages, upgraded, tail = self.parser.feed_data(data)
+                    # Typed as a tuple: the compiled build then unpacks it in C, not
+                    # through Python's iterator protocol.
+                    fed: tuple[Any, Any, Any] = self.parser.feed_data(data)
+                    messages, upgraded, tail = fed
                 except Exception as error:
                     messages, upgraded, tail, exc = (), False, b"", error
             else:
@@ -491,7 +509,7 @@ class ClientConnection(asyncio.Protocol):
             if messages:
                 self.deadline_at = 0.0
                 self.request_count += len(messages)
-                last = messages[-1]
+                last: tuple[Any, Any] = messages[-1]
                 # Kept only while its body may still be arriving (_parse_failed needs it).
                 self.last_item = last if last[1] is not EMPTY_PAYLOAD else None
                 if (
@@ -660,73 +678,70 @@ class ClientConnection(asyncio.Protocol):
         L = self.L
         rt = L.runtime
         snap = rt.snapshot  # read once: this request is decided by this config only
-        lp = snap.listeners[L.name]
+        view = L.view
+        if view.snap is not snap:
+            view = L.view_of(snap)
         target: str = msg.path
-        if lp.health_path is not None and target == lp.health_path:
+        if view.health_path is not None and target == view.health_path:
             self._health(msg, payload)
             return
-        if msg.version.major > 1:
+        method: str = msg.method
+        version = msg.version
+        values: Sequence[str] = msg.headers.getall(HOST, ())
+        major: int = version.major
+        if major > 1:
             # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too.
-            decision, forward_host = lp.version_refusal, ""
-            values = msg.headers.getall(hdrs.HOST, ())
-        elif target[:1] == "/" and msg.method != "CONNECT" and "#" not in target:
-            values = msg.headers.getall(hdrs.HOST, ())
+            out, forward_host = view.version_refusal, ""
+        elif target[:1] == "/" and method != "CONNECT" and "#" not in target:
             # ListenerPolicy.decide for an origin-form target without a fragment, not
             # CONNECT: exactly its decide_host(value), one call less on the hot path.
             if len(values) == 1:
-                # decide_host's first step inline: a Host the config names exactly.
-                forward_host = values[0]
-                exact = lp.fast.get(forward_host)
-                if exact is not None:
-                    decision = exact
-                else:
-                    decision, forward_host = lp.decide_host(forward_host)
+                out, forward_host = view.decide_host(values[0])
             else:
-                decision, forward_host = lp.decide(values, msg.method, target)
+                out, forward_host = view.decide(values, method, target)
         else:
-            values = msg.headers.getall(hdrs.HOST, ())
-            decision, forward_host = lp.decide(values, msg.method, target)
-        if decision.action == "forward" and not target.isascii():
+            out, forward_host = view.decide(values, method, target)
+        if not out.refuse and not target.isascii():
             # Raw non-ASCII bytes in the target: not a request-target (RFC 9112 §3.2,
             # RFC 3986 §2). Refused like the other bad targets the policy refuses ("*",
             # a fragment); the aiohttp engine forwards it percent-encoded by yarl, which
             # is not the target the client sent.
-            decision, forward_host = lp.refusals["bad_request"], ""
-        if lp.tls and forward_host and not self._sni_matches(forward_host):
-            decision = lp.refusals["sni_mismatch"]
-        counters = rt.counters.values
-        counters[decision.slot] += 1
-        if decision.disagreement_slot >= 0:
-            counters[decision.disagreement_slot] += 1
+            out, forward_host = view.refusals["bad_request"], ""
+        if view.tls and forward_host and not self._sni_matches(forward_host):
+            out = view.refusals["sni_mismatch"]
+        counters = L.counters
+        counters[out.slot] += 1
+        if out.disagreement_slot >= 0:
+            counters[out.disagreement_slot] += 1
         ready = L.ids.ready
         rid = ready.pop() if ready else L.ids.next()
-        if decision.action == "refuse" or decision.would_block:
+        if out.noted:
             # server.ListenerEngine._note_refusal, inline: the top blocked hosts
             # (Runtime.note_blocked) and the rate-limited refusal log, whose line is
             # built only when the limit lets it through (a flood does not pay for it).
-            pending = rt.blocked_pending
-            pending.append((decision, values))
+            pending = L.blocked_pending
+            pending.append((out.decision, values))
             if len(pending) >= FOLD_AT:
                 rt.fold_blocked()
-            log = rt.refusal_log
-            if time.monotonic() < log.empty_until:
+            log = L.refusal_log
+            if CLOCK() < log.empty_until:
                 log.suppressed += 1  # RefusalLog.take's flood case, inline
             elif log.take():
-                self._log_refusal(values, decision, rid, snap)
-        if decision.action == "refuse":
-            self._refuse(msg, payload, decision, rid, snap)
+                self._log_refusal(values, out.decision, rid, snap)
+        if out.refuse:
+            self._refuse(msg, payload, out, rid, snap, version.minor)
             return
-        env = decision.env
+        env = out.env
         assert env is not None
         if payload is not EMPTY_PAYLOAD:
             cl = content_length(msg)
             if cl is not None and cl > env.max_body_bytes:
-                refusal = lp.refusals["body_too_large"]
+                refusal = view.refusals["body_too_large"]
                 counters[refusal.slot] += 1
-                counters[decision.slot] -= 1  # counted once: as refused, not as allowed
-                self._refuse(msg, payload, refusal, rid, snap)
+                counters[out.slot] -= 1  # counted once: as refused, not as allowed
+                self._refuse(msg, payload, refusal, rid, snap, version.minor)
                 return
-        fwd = Forward(self, msg, payload, decision, env, forward_host, rid, snap, lp)
+        fwd = Forward(self, msg, payload, out.decision, env, forward_host, rid, view)
         self.current = fwd
         fwd.start()
 
@@ -751,31 +766,30 @@ class ClientConnection(asyncio.Protocol):
         return KEEP_10 if msg.version.minor == 0 else KEEP_11
 
     def _refuse(
-        self, msg: Any, payload: Any, decision: Decision, rid: bytes, snap: Snapshot
+        self, msg: Any, payload: Any, out: Outcome, rid: bytes, snap: Snapshot, minor: int
     ) -> None:
         L = self.L
-        if decision.status == 0:
+        tpl = out.refusal
+        if tpl is None:
             # blocked_response "close": drop the connection unanswered, like nginx's 444.
             self._abort()
             return
         if msg.should_close or L.draining or self.upgrade_tail is not None:
             mode = CLOSE  # (what follows an upgrade request is not a next request)
         else:
-            mode = KEEP_10 if msg.version.minor == 0 else KEEP_11
+            mode = KEEP_10 if minor == 0 else KEEP_11
         if payload is not EMPTY_PAYLOAD:
             cl = content_length(msg)
-            if cl is None or cl > DISCARD_LIMIT or decision.label == "body_too_large":
+            if cl is None or cl > DISCARD_LIMIT or out.body_too_large:
                 mode = CLOSE
-        tpl = L.refusals.get(decision) if snap is L.refusals_snap else None
-        if tpl is None:
-            tpl = L.refusal(decision, snap)
+        method: str = msg.method
         transport = self.transport
         if transport is not None and not self.closing:
-            transport.write(tpl.render(rid, L.date.line, mode, msg.method == "HEAD"))
+            transport.write(tpl.render(rid, L.date.line, mode, method == "HEAD"))
         if L.access_log is not None:
             L.access(
-                decision, decision.status, rid, snap.short_sha,
-                self.client_addr or self.peer_ip, msg.method, None, 0.0,
+                out.decision, out.status, rid, snap.short_sha,
+                self.client_addr or self.peer_ip, method, None, 0.0,
             )  # fmt: skip
         if (
             mode != CLOSE
@@ -790,7 +804,7 @@ class ClientConnection(asyncio.Protocol):
             # connection goes idle.
             self.handled += 1
             self.idle = True
-            self.idle_since = self.loop.time()
+            self.idle_since = CLOCK()
             return
         self.finish(msg, payload, mode != CLOSE)
 
@@ -837,18 +851,18 @@ class ClientConnection(asyncio.Protocol):
                 self._resume(P_PIPELINE)
             # _become_idle, inline (every keep-alive response ends here).
             self.idle = True
-            self.idle_since = self.loop.time()
+            self.idle_since = CLOCK()
 
     def _become_idle(self) -> None:
         self.idle = True
-        self.idle_since = self.loop.time()
+        self.idle_since = CLOCK()
 
     # -- header deadline and keep-alive timeout (checked by the engine's sweep) -------------
 
     def _arm_deadline(self) -> None:
         if not self.deadline_at:
             timeout = self.L.runtime.snapshot.config.timeouts.header_s
-            self.deadline_at = self.loop.time() + timeout
+            self.deadline_at = CLOCK() + timeout
 
     def check_timeouts(self, now: float, keepalive_s: float) -> None:
         if self.deadline_at and now >= self.deadline_at:
@@ -976,6 +990,7 @@ class Forward:
         "tunnel",
         "until_eof",
         "upgrade",
+        "view",
     )
 
     def __init__(
@@ -987,8 +1002,7 @@ class Forward:
         env: EnvPolicy,
         forward_host: str,
         rid: bytes,
-        snap: Snapshot,
-        lp: ListenerPolicy,
+        view: ListenerView,
     ) -> None:
         self.client = client
         self.L = client.L
@@ -998,8 +1012,9 @@ class Forward:
         self.env = env
         self.forward_host = forward_host
         self.rid = rid
-        self.snap = snap
-        self.lp = lp
+        self.view = view
+        self.snap = view.snap
+        self.lp = view.lp
         self.method: str = msg.method
         self.body_open = payload is not EMPTY_PAYLOAD
         self.body_seen = 0
@@ -1040,10 +1055,10 @@ class Forward:
         msg = self.msg
         client = self.client
         L.runtime.in_flight[L.name] += 1
-        self.started = now = L.loop.time()
+        self.started = now = CLOCK()
         # The head sent upstream (proxy.upstream_headers's rules, headers.request_head).
         peer = client.client_addr or client.peer_ip
-        trusted = self.snap.loaded.trusted_proxies
+        trusted = self.view.trusted_proxies
         # client_address() returns the peer for both unless a trusted proxy sent XFF:
         # skip the header lookup when no proxy is trusted.
         xff = (
@@ -1082,7 +1097,7 @@ class Forward:
             msg.raw_headers,
             self.forward_host.encode("ascii"),
             client.peer_b if xff is client.peer_ip else xff.encode("ascii", "replace"),
-            b"https" if self.lp.tls else b"http",
+            self.view.scheme,
             self.rid,
             framing,
         )
@@ -1141,7 +1156,7 @@ class Forward:
             self.connecting = None
             if self.done:
                 return
-            route.pool.mark_down(i, L.loop.time())
+            route.pool.mark_down(i, CLOCK())
             L.pools.stats.error(self.env.name, "connect")
             self._next_upstream()
             return
@@ -1173,7 +1188,7 @@ class Forward:
         else:
             transport.write(self.head)
         L = self.L
-        self.activity = now or L.loop.time()
+        self.activity = now or CLOCK()
         L.active.add(self)
 
     def _body_parts(self, parts: list[bytes]) -> None:
@@ -1210,7 +1225,7 @@ class Forward:
             return
         if parts:
             conn.transport.writelines(parts)
-            self.activity = self.L.loop.time()
+            self.activity = CLOCK()
 
     def _body_too_large(self) -> None:
         """A chunked body grew past the limit: 413 if nothing was answered yet."""
@@ -1254,7 +1269,7 @@ class Forward:
 
     def upstream_data(self, data: bytes) -> None:
         if self.tunnel:
-            self.activity = self.L.loop.time()
+            self.activity = CLOCK()
             self.client.write(data)
             return
         conn = self.conn
@@ -1329,7 +1344,7 @@ class Forward:
         if conn.fed > MAX_HEAD + 64 * conn.chunks:
             self._upstream_failed("protocol", "upstream sent an invalid response")
             return
-        self.activity = self.L.loop.time()
+        self.activity = CLOCK()
 
     def _response_head(self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Build the head relayed to the client (as proxy.Forwarder._relay): the upstream's
@@ -1351,8 +1366,8 @@ class Forward:
             self._count_response(code)
             self._start_tunnel(reason, headers)
             return
-        snap = self.snap
-        expose = snap.loaded.config.expose_config_version
+        view = self.view
+        expose = view.expose_config
         special = RESPONSE_SPECIAL_SENT.get
         plain = RESPONSE_PLAIN_SENT
         # One list of parts and one join; a field usually costs one lookup or two.
@@ -1392,7 +1407,7 @@ class Forward:
         self._count_response(code)
         parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         if expose:
-            parts += (b"X-Gateway-Config: ", snap.short_sha.encode("ascii"), b"\r\n")
+            parts += (b"X-Gateway-Config: ", view.config_sha, b"\r\n")
         no_body = self.method == "HEAD" or code in NO_BODY_STATUS
         if length is not None and code not in NO_BODY_STATUS:
             # llhttp took it as a number, so it is digits: written back without leading
@@ -1433,7 +1448,7 @@ class Forward:
         assert route is not None
         klass = code // 100
         route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
-        route.histogram.observe(self.L.loop.time() - self.started)
+        route.histogram.observe(CLOCK() - self.started)
 
     def _pump_response(self, eof: bool) -> None:
         """Relay the body bytes the parser reported (and the held head); ``eof``: the
@@ -1527,14 +1542,14 @@ class Forward:
         if tail:
             conn.transport.write(tail)
         client._resume(P_WAIT)
-        self.activity = L.loop.time()
+        self.activity = CLOCK()
         L.active.add(self)
 
     def client_data(self, data: bytes) -> None:
         """Tunnel: bytes from the client."""
         conn = self.conn
         if conn is not None and conn.transport is not None:
-            self.activity = self.L.loop.time()
+            self.activity = CLOCK()
             conn.transport.write(data)
 
     # -- failures, timeouts -----------------------------------------------------------------
@@ -1642,7 +1657,7 @@ class Forward:
     def client_resume_writing(self) -> None:
         conn = self.conn
         if conn is not None and conn.transport is not None and not conn.closed:
-            self.activity = self.L.loop.time()
+            self.activity = CLOCK()
             conn.transport.resume_reading()
 
     # -- the end --------------------------------------------------------------------------
@@ -1693,7 +1708,7 @@ class Forward:
             L.access(
                 self.decision, self.status, self.rid, self.snap.short_sha,
                 client.client_addr or client.peer_ip, self.method, self.env.name,
-                L.loop.time() - self.started,
+                CLOCK() - self.started,
             )  # fmt: skip
         if client.current is self:
             client.current = None
