@@ -484,8 +484,9 @@ class ClientConnection(asyncio.Protocol):
                     self._pause(P_WAIT)
                 return
             self.idle = False
-            end = data.find(HEADER_SEP)
-            if (end < 0 or end + 4 >= len(data)) and not PYTHON_PARSER:
+            # (bytes.partition takes its one argument as it is; bytes.find builds and
+            # parses an argument tuple: about 200 instructions more for the same search)
+            if not data.partition(HEADER_SEP)[2] and not PYTHON_PARSER:
                 # At most one header block, at the end: one feed (_parse, inline).
                 exc: BaseException | None = None
                 try:
