@@ -25,6 +25,7 @@ from yarl import URL
 from gateway.config import Upstream
 from gateway.counters import Counters, Histogram
 from gateway.policy import EnvPolicy
+from gateway.wire import origin_form
 
 log = logging.getLogger("gateway.proxy")
 
@@ -252,14 +253,17 @@ class Forwarder:
             await self._session.close()
 
     async def ws_connect(
-        self, env: EnvPolicy, url: str, headers: CIMultiDict[str], protocols: Sequence[str]
+        self, env: EnvPolicy, target: str, headers: CIMultiDict[str], protocols: Sequence[str]
     ) -> aiohttp.ClientWebSocketResponse | web.Response:
         """The upstream side of a WebSocket, or the gateway's own answer when the handshake
-        fails: timed like any forwarded request (``connect_s``, then ``read_s`` for the
-        upstream's answer: 504 and a ``timeout`` error, as the fast engine); any other
-        failure, a refused connection or an answer other than a valid 101, is a 502 and a
-        ``connect`` error. The client's connection is closed after either: what it sent
-        after an upgrade request is not a next request."""
+        fails. The upstreams are tried as for any request (``forward``, and the fast
+        engine): in round-robin order, one that refuses the connection marked down and
+        counted as a ``connect`` error, then the next. The handshake is timed like any
+        forwarded request (``connect_s``, then ``read_s`` for the upstream's answer: 504
+        and a ``timeout`` error); an answer other than a valid 101 is a 502 and a
+        ``connect`` error, as is every upstream refusing. The client's connection is
+        closed after any of these: what it sent after an upgrade request is not a next
+        request."""
         key = (env.connect_s, env.read_s)
         session = self._ws_sessions.get(key)
         if session is None:
@@ -268,22 +272,34 @@ class Forwarder:
             session = self._ws_sessions[key] = self._new_session(
                 connector, upstream_timeout(env), owner=False
             )
-        try:
-            # (after the 101, ws_receive=None lifts sock_read: the tunnel's idle limit
-            # is websocket_idle_s, kept by the caller)
-            return await session.ws_connect(
-                url,
-                headers=headers,
-                protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                autoping=True,
-            )
-        except TimeoutError:  # aiohttp's ServerTimeoutError is one too
-            self.stats.error(env.name, "timeout")
-            resp = _error(504, "upstream did not answer in time")
-        except (aiohttp.ClientError, OSError):
-            self.stats.error(env.name, "connect")
-            resp = _error(502, "upstream refused the WebSocket")
+        loop = asyncio.get_running_loop()
+        pool = self.pool(env)
+        path = origin_form(target)
+        resp = _error(502, "upstream refused the WebSocket")
+        for i in pool.order(loop.time()):
+            up = pool.upstreams[i]
+            scheme = "wss" if up.scheme == "https" else "ws"
+            try:
+                # (after the 101, ws_receive=None lifts sock_read: the tunnel's idle limit
+                # is websocket_idle_s, kept by the caller)
+                return await session.ws_connect(
+                    f"{scheme}://{up.url.split('://', 1)[1]}{path}",
+                    headers=headers,
+                    protocols=protocols,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    autoping=True,
+                )
+            except aiohttp.ClientConnectorError:
+                pool.mark_down(i, loop.time())
+                self.stats.error(env.name, "connect")
+                continue  # nothing was sent: the next upstream
+            except TimeoutError:  # aiohttp's ServerTimeoutError is one too
+                self.stats.error(env.name, "timeout")
+                resp = _error(504, "upstream did not answer in time")
+                break
+            except (aiohttp.ClientError, OSError):
+                self.stats.error(env.name, "connect")
+                break
         resp.force_close()
         return resp
 

@@ -196,7 +196,6 @@ class ListenerEngine:
     ) -> web.StreamResponse:
         """Proxy a WebSocket both ways, message by message, closing it after ``idle_s``
         without traffic in either direction."""
-        up = self.forwarder.pool(env).upstreams[0]
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.popall(name, None)
         protocols = [
@@ -205,10 +204,7 @@ class ListenerEngine:
             if p.strip()
         ]
         headers.popall("Sec-WebSocket-Protocol", None)
-        scheme = "wss" if up.scheme == "https" else "ws"
-        upstream = await self.forwarder.ws_connect(
-            env, f"{scheme}://{up.url.split('://', 1)[1]}{origin_form(target)}", headers, protocols
-        )
+        upstream = await self.forwarder.ws_connect(env, target, headers, protocols)
         if isinstance(upstream, web.Response):
             return upstream  # the handshake failed: the gateway's own 502 or 504
         ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())

@@ -5,6 +5,9 @@
   handshake: 504 after ``read_s`` and a ``timeout`` error. (The aiohttp engine's
   ``ws_connect`` ran under the session's timeouts, none: it waited for ever, counted
   nothing and kept the request in flight.)
+- A WebSocket's upstream, chosen as any request's: round robin, an upstream refusing the
+  connection marked down and the next one tried; every one refusing is a 502. (The
+  aiohttp engine tried only the first upstream.)
 - A response body that fails after its head was relayed: the client's connection is cut;
   bytes that break the framing (a bad chunk size line) count as ``protocol``, a body the
   upstream's close cut short as ``reset``. (The aiohttp engine counted every body failure
@@ -183,6 +186,40 @@ def test_websocket_tunnel_outlives_read_s(upstream: Upstream, tmp_path: Path) ->
             buf += data
         assert bytes(buf[:12]) == b"\x81\x0astill here"
         assert errors(gw) == dict.fromkeys(KINDS, 0.0)
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_websocket_fails_over_to_the_next_upstream(upstream: Upstream, tmp_path: Path) -> None:
+    """A WebSocket's upstream is chosen as any request's: round robin, an upstream that
+    refuses the connection marked down and the next one tried. (The aiohttp engine only
+    ever tried the first upstream: with it down, every WebSocket failed.)"""
+    dead = f"http://127.0.0.1:{_unused_port()}"
+    cfg = env_config(dead, upstreams=[dead, upstream.url], timeouts={"read_s": READ_S})
+    with running_gateway(cfg, tmp_path) as gw:
+        # Three handshakes: the round robin starts at the refusing upstream for one of the
+        # first two, which marks it down for the rest of the test (FAIL_TIMEOUT_S).
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", gw.port()), timeout=15) as s:
+                s.sendall(UPGRADE.replace(b"/socket", b"/__ws"))
+                assert read_response(s, bytearray()).status == 101
+        wait_until(lambda: errors(gw)["connect"] == 1, timeout=15)
+        assert errors(gw) == {"connect": 1.0, "timeout": 0.0, "reset": 0.0, "protocol": 0.0}
+
+
+def test_websocket_every_upstream_refusing_is_a_502(tmp_path: Path) -> None:
+    dead = [f"http://127.0.0.1:{_unused_port()}" for _ in range(2)]
+    with running_gateway(env_config(dead[0], upstreams=dead), tmp_path) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port()), timeout=15) as s:
+            s.sendall(UPGRADE)
+            r = read_response(s, bytearray())
+            assert (r.status, r.body) == (502, b"502 upstream refused the WebSocket\n")
+            assert read_to_end(s) == b""
+        wait_until(lambda: errors(gw)["connect"] == 2, timeout=15)
 
 
 # -- a body that fails after the head ---------------------------------------------------------
