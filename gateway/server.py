@@ -119,6 +119,7 @@ class ListenerEngine:
             refusal = lp.refusals["bad_request" if broken else "body_too_large"]
             counters[refusal.slot] += 1
             counters[decision.slot] -= 1
+            decision = refusal  # and logged as refused (the fast engine's body_broken)
             resp = self._refuse(request, refusal, request_id, snap.short_sha)
             if broken and isinstance(request.protocol, _Handler):
                 resp.force_close()

@@ -8,6 +8,8 @@
 - A WebSocket's upstream, chosen as any request's: round robin, an upstream refusing the
   connection marked down and the next one tried; every one refusing is a 502. (The
   aiohttp engine tried only the first upstream.)
+- A client that closes its connection inside its request's body: refused as bad_request
+  (as nginx logs a 400), not allowed. (The fast engine counted it allowed.)
 - A response body that fails after its head was relayed: the client's connection is cut;
   bytes that break the framing (a bad chunk size line) count as ``protocol``, a body the
   upstream's close cut short as ``reset``. (The aiohttp engine counted every body failure
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -220,6 +223,38 @@ def test_websocket_every_upstream_refusing_is_a_502(tmp_path: Path) -> None:
             assert (r.status, r.body) == (502, b"502 upstream refused the WebSocket\n")
             assert read_to_end(s) == b""
         wait_until(lambda: errors(gw)["connect"] == 2, timeout=15)
+
+
+def test_client_gone_inside_its_body_is_a_bad_request(upstream: Upstream, tmp_path: Path) -> None:
+    """A client that closes its connection inside its request's body: refused as
+    bad_request, not allowed, and no upstream error (the fast engine counted it allowed);
+    its access log line says so (the aiohttp engine's said allowed, status 400)."""
+    log_path = tmp_path / "access.log"
+    with running_gateway(env_config(upstream.url), tmp_path, "--access-log", str(log_path)) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port()), timeout=15) as s:
+            s.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: www.acme.com\r\nContent-Length: 100000\r\n\r\n"
+                + b"x" * 1000
+            )
+            time.sleep(0.3)  # the request is decided and its body under way
+        counted = {
+            "allowed": lambda m: metric_sum(m, "gateway_requests_allowed_total"),
+            "bad_request": lambda m: metric_sum(
+                m, "gateway_requests_blocked_total", reason="bad_request"
+            ),
+            "in_flight": lambda m: metric_sum(m, "gateway_requests_in_flight"),
+        }
+        want = {"allowed": 0, "bad_request": 1, "in_flight": 0}
+        wait_until(lambda: {k: f(gw.metrics()) for k, f in counted.items()} == want, timeout=15)
+        assert errors(gw) == dict.fromkeys(KINDS, 0.0)
+        wait_until(lambda: log_path.exists() and log_path.read_text().strip() != "", timeout=15)
+        (line,) = [json.loads(x) for x in log_path.read_text().splitlines()]
+        assert (line["decision"], line["reason"], line["status"], line["method"]) == (
+            "blocked",
+            "bad_request",
+            400,
+            "POST",
+        )
 
 
 # -- a body that fails after the head ---------------------------------------------------------

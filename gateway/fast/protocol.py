@@ -1691,6 +1691,15 @@ class Forward:
     def client_lost(self) -> None:
         if self.done:
             return
+        if self.body_open and self.resp is None:
+            # The client went away inside its request's body: a request cut short, refused
+            # as bad_request (as a body the parser refuses, body_broken), not allowed; the
+            # aiohttp engine counts it so, and nginx logs it as a 400.
+            refusal = self.lp.refusals["bad_request"]
+            counters = self.L.counters
+            counters[refusal.slot] += 1
+            counters[self.decision.slot] -= 1
+            self.decision, self.status = refusal, refusal.status
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
