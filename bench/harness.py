@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report, wrk
-from bench.proc import REPO_ROOT, ManagedProcess, Pinning, StartError, settle
+from bench.proc import REPO_ROOT, ManagedProcess, Pinning, StartError, group_cpu, settle
 from bench.systems import (
     SCENARIOS,
     SYSTEMS,
@@ -340,6 +340,10 @@ class Run:
         scenario = SCENARIOS[scenario_name]
         sample: dict[str, Any] = {"round": rnd, "system": name, "scenario": scenario_name}
         sample["settle_s"] = self._settle(name, f"wrk {scenario_name}")
+        # The server's CPU time over the run, per request: how much of a request is the
+        # system's own code (user) and how much the kernel's (system calls, TCP).
+        pid = self.procs[name].pid
+        cpu_before = group_cpu(pid) if pid is not None else None
         try:
             res = wrk.run(
                 self._port(name),
@@ -352,6 +356,10 @@ class Run:
             self._died(name)
             return {**sample, "rps": 0.0, "valid": False, "problem": str(exc)}
         sample.update(res.to_json())
+        cpu_after = group_cpu(pid) if pid is not None else None
+        if cpu_before is not None and cpu_after is not None and res.requests:
+            sample["cpu_user_us"] = round((cpu_after[0] - cpu_before[0]) / res.requests * 1e6, 2)
+            sample["cpu_sys_us"] = round((cpu_after[1] - cpu_before[1]) / res.requests * 1e6, 2)
         # wrk counts any answer as a request; check they were the right answers, or a
         # system answering 502 (or 200 to a refused host) would post a fine figure.
         refused = scenario.expect_status >= 400

@@ -205,6 +205,34 @@ def core_times(cpu: int) -> tuple[int, int] | None:
     return None
 
 
+def group_cpu(pgid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of every process in process group ``pgid`` (a server
+    and its workers: each system under test runs in its own group); None where there is
+    no /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    found = False
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command's ")" (which may itself hold spaces): state, ppid, pgrp, ...,
+        # utime and stime at 11 and 12 (proc(5) fields 14 and 15).
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            found = True
+            user += int(fields[11])
+            system += int(fields[12])
+    return (user / tick, system / tick) if found else None
+
+
 def settle(cpu: int) -> float:
     """Wait until core ``cpu`` is quiet (see SETTLE_BUSY); returns the seconds waited."""
     started = time.monotonic()

@@ -91,19 +91,23 @@ def machine() -> dict[str, Any]:
 
 def medians(samples: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """scenario -> system -> {median, rounds}: the median of the valid rounds."""
-    grouped: dict[tuple[str, str], list[float]] = {}
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for sample in samples:
         if sample.get("valid"):
-            key = (sample["scenario"], sample["system"])
-            grouped.setdefault(key, []).append(float(sample["rps"]))
+            grouped.setdefault((sample["scenario"], sample["system"]), []).append(sample)
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (scenario, system), values in grouped.items():
-        out.setdefault(scenario, {})[system] = {
+    for (scenario, system), group in grouped.items():
+        values = [float(s["rps"]) for s in group]
+        figures: dict[str, Any] = {
             "median_rps": round(statistics.median(values), 1),
             "rounds": len(values),
             "min_rps": round(min(values), 1),
             "max_rps": round(max(values), 1),
         }
+        for key in ("cpu_user_us", "cpu_sys_us"):
+            cpu = [float(s[key]) for s in group if key in s]
+            figures[key] = round(statistics.median(cpu), 2) if cpu else None
+        out.setdefault(scenario, {})[system] = figures
     return out
 
 
@@ -149,12 +153,26 @@ def throughput_rows(results: Results) -> list[list[str]]:
                     _fmt_rps(fig["median_rps"]),
                     f"{_fmt_rps(fig['min_rps'])}–{_fmt_rps(fig['max_rps'])}",
                     *(_fmt_ratio(rat[b]) for b, _ in BASELINES),
+                    _fmt_us(fig.get("cpu_user_us")),
+                    _fmt_us(fig.get("cpu_sys_us")),
                 ]
             )
     return rows
 
 
-THROUGHPUT_HEAD = ["scenario", "system", "median req/s", "range", *(lbl for _, lbl in BASELINES)]
+def _fmt_us(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+THROUGHPUT_HEAD = [
+    "scenario",
+    "system",
+    "median req/s",
+    "range",
+    *(lbl for _, lbl in BASELINES),
+    "user µs/req",
+    "sys µs/req",
+]
 LATENCY_HEAD = [
     "scenario",
     "system",
@@ -281,6 +299,10 @@ def summary_markdown(results: Results, chart_name: str | None) -> str:
         ),
         "",
         "## Throughput",
+        "",
+        "`user µs/req`, `sys µs/req`: the server's CPU time over its wrk runs (every process "
+        "of the system, from /proc), per request answered, median of the rounds; the "
+        "server runs on one core, so the two add up to about 1 s ÷ req/s.",
         "",
         md_table(THROUGHPUT_HEAD, throughput_rows(results)),
         "",

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def test_harness_smoke(tmp_path: Path) -> None:
         for scenario in measured:
             figures = results["throughput"]["medians"][scenario][name]
             assert figures["median_rps"] > 0, (name, scenario, output)
+            # The server's CPU time per request was read (/proc), and it did some work.
+            assert figures["cpu_user_us"] + figures["cpu_sys_us"] > 0, (name, scenario)
             latency = results["latency"][scenario][name]
             assert "error" not in latency, (name, scenario, latency)
             assert latency["completed"] > 0 and latency["achieved_rate"] > 0
@@ -89,3 +92,17 @@ def test_instructions_per_request_smoke() -> None:
 
     per_request = instructions.per_request("refused", "bare", 2000)
     assert 1_000 < per_request < 1_000_000
+
+
+def test_group_cpu_counts_the_whole_process_group() -> None:
+    from bench.proc import group_cpu
+
+    before = group_cpu(os.getpgid(0))
+    assert before is not None
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of CPU in this group
+        pass
+    after = group_cpu(os.getpgid(0))
+    assert after is not None
+    assert after[0] + after[1] - before[0] - before[1] >= 0.2
+    assert group_cpu(2**22 + 12345) is None  # no such group
