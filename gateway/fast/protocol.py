@@ -510,7 +510,10 @@ class ClientConnection(asyncio.Protocol):
             if messages:
                 self.deadline_at = 0.0
                 self.request_count += len(messages)
-                last: tuple[Any, Any] = messages[-1]
+                # Untyped on purpose: typed as a tuple, the compiled build holds it unboxed
+                # and stores a new tuple in last_item, and _parse_failed finds the queued
+                # request by identity (the adversarial corpus's chunked cases caught it).
+                last = messages[-1]
                 # Kept only while its body may still be arriving (_parse_failed needs it).
                 self.last_item = last if last[1] is not EMPTY_PAYLOAD else None
                 if (
