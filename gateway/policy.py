@@ -112,6 +112,15 @@ V = TypeVar("V")
 MAP_CHUNK = 500
 
 
+def remember(cache: dict[str, V], key: str, value: V) -> None:
+    """Keep a slow-path answer in a cache keyed by client input, bounded: cleared when it
+    holds RECENT_SIZE keys, and keys longer than RECENT_MAX_KEY characters never kept."""
+    if len(key) <= RECENT_MAX_KEY:
+        if len(cache) >= RECENT_SIZE:
+            cache.clear()
+        cache[key] = value
+
+
 def fill(target: dict[str, V], keys: Iterable[str], value: V) -> Steps[None]:
     """``target.update(dict.fromkeys(keys, value))`` in chunks, so a reload building a
     100,000-key map gives the event loop back every few hundred keys."""
@@ -441,10 +450,7 @@ class ListenerPolicy:
         if recent is not None:
             return recent
         result = self._decide_value(value)
-        if len(value) <= RECENT_MAX_KEY:
-            if len(self._recent) >= RECENT_SIZE:
-                self._recent.clear()
-            self._recent[value] = result
+        remember(self._recent, value, result)
         return result
 
     def decide(

@@ -9,7 +9,7 @@ snapshot instead, into the classes below, which the compiled build makes C struc
 Nothing here is per request: a ``ListenerView`` is made when a listener first serves a new
 snapshot, and an ``Outcome`` the first time that view meets a decision. Both are bounded by
 the config: decisions are interned per listener and snapshot (``ListenerPolicy._intern``),
-and ``recent``, keyed by client input, is bounded and cleared as ``ListenerPolicy``'s own.
+and ``recent``, keyed by client input, is bounded as ``ListenerPolicy``'s own (``remember``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, final
 
-from gateway.policy import (
-    RECENT_MAX_KEY,
-    RECENT_SIZE,
-    Decision,
-    EnvPolicy,
-    ListenerPolicy,
-    Snapshot,
-)
+from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot, remember
 
 from .prebuilt import Refusal
 
@@ -91,10 +84,7 @@ class ListenerView:
             return got
         decision, forward_host = self.lp.decide_host(value)
         result = (self.outcome(decision), forward_host)
-        if len(value) <= RECENT_MAX_KEY:
-            if len(self.recent) >= RECENT_SIZE:
-                self.recent.clear()
-            self.recent[value] = result
+        remember(self.recent, value, result)
         return result
 
     def decide(self, values: Sequence[str], method: str, target: str) -> tuple[Outcome, str]:
