@@ -25,7 +25,6 @@ from yarl import URL
 from gateway.config import Upstream
 from gateway.counters import Counters, Histogram
 from gateway.policy import EnvPolicy
-from gateway.wire import origin_form
 
 log = logging.getLogger("gateway.proxy")
 
@@ -256,14 +255,14 @@ class Forwarder:
         self, env: EnvPolicy, target: str, headers: CIMultiDict[str], protocols: Sequence[str]
     ) -> aiohttp.ClientWebSocketResponse | web.Response:
         """The upstream side of a WebSocket, or the gateway's own answer when the handshake
-        fails. The upstreams are tried as for any request (``forward``, and the fast
-        engine): in round-robin order, one that refuses the connection marked down and
-        counted as a ``connect`` error, then the next. The handshake is timed like any
-        forwarded request (``connect_s``, then ``read_s`` for the upstream's answer: 504
-        and a ``timeout`` error); an answer other than a valid 101 is a 502 and a
-        ``connect`` error, as is every upstream refusing. The client's connection is
-        closed after any of these: what it sent after an upgrade request is not a next
-        request."""
+        fails; ``target`` in origin form, as ``forward``'s. The upstreams are tried as for
+        any request (``forward``, and the fast engine): in round-robin order, one that
+        refuses the connection marked down and counted as a ``connect`` error, then the
+        next. The handshake is timed like any forwarded request (``connect_s``, then
+        ``read_s`` for the upstream's answer: 504 and a ``timeout`` error); an answer other
+        than a valid 101 is a 502 and a ``connect`` error, as is every upstream refusing.
+        The client's connection is closed after any of these: what it sent after an
+        upgrade request is not a next request."""
         key = (env.connect_s, env.read_s)
         session = self._ws_sessions.get(key)
         if session is None:
@@ -274,7 +273,6 @@ class Forwarder:
             )
         loop = asyncio.get_running_loop()
         pool = self.pool(env)
-        path = origin_form(target)
         resp = _error(502, "upstream refused the WebSocket")
         for i in pool.order(loop.time()):
             up = pool.upstreams[i]
@@ -283,7 +281,7 @@ class Forwarder:
                 # (after the 101, ws_receive=None lifts sock_read: the tunnel's idle limit
                 # is websocket_idle_s, kept by the caller)
                 return await session.ws_connect(
-                    f"{scheme}://{up.url.split('://', 1)[1]}{path}",
+                    f"{scheme}://{up.url.split('://', 1)[1]}{target}",
                     headers=headers,
                     protocols=protocols,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),

@@ -205,7 +205,7 @@ class ListenerEngine:
             if p.strip()
         ]
         headers.popall("Sec-WebSocket-Protocol", None)
-        upstream = await self.forwarder.ws_connect(env, target, headers, protocols)
+        upstream = await self.forwarder.ws_connect(env, origin_form(target), headers, protocols)
         if isinstance(upstream, web.Response):
             return upstream  # the handshake failed: the gateway's own 502 or 504
         ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())

@@ -975,7 +975,6 @@ class Forward:
         "forward_host",
         "head",
         "held",
-        "lp",
         "method",
         "mode",
         "msg",
@@ -988,7 +987,6 @@ class Forward:
         "reused",
         "rid",
         "route",
-        "snap",
         "started",
         "status",
         "tunnel",
@@ -1017,8 +1015,6 @@ class Forward:
         self.forward_host = forward_host
         self.rid = rid
         self.view = view
-        self.snap = view.snap
-        self.lp = view.lp
         self.method: str = msg.method
         self.body_open = payload is not EMPTY_PAYLOAD
         self.body_seen = 0
@@ -1184,7 +1180,7 @@ class Forward:
             parts = [self.head]
             self._body_parts(parts)
             if self.cl is None and self.body_seen > self.env.max_body_bytes:
-                self._body_too_large()  # nothing sent upstream yet
+                self.body_broken("body_too_large")  # nothing sent upstream yet
                 return
             transport.writelines(parts)
             if client.paused & P_WAIT and not self.upgrade:
@@ -1225,49 +1221,41 @@ class Forward:
             self.body_broken("bad_request")
             return
         if self.cl is None and self.body_seen > self.env.max_body_bytes:
-            self._body_too_large()
+            self.body_broken("body_too_large")
             return
         if parts:
             conn.transport.writelines(parts)
             self.activity = CLOCK()
 
-    def _body_too_large(self) -> None:
-        """A chunked body grew past the limit: 413 if nothing was answered yet."""
-        if self.resp is not None:
-            self._abort_client()
-            return
-        counters = self.L.runtime.counters.values
-        refusal = self.lp.refusals["body_too_large"]
-        counters[refusal.slot] += 1
-        counters[self.decision.slot] -= 1  # counted once: as refused, not as allowed
-        self._refuse_instead(refusal)
-
     def body_broken(self, reason: str) -> None:
-        """The parser refused the rest of this request's body."""
+        """The request's body is refused (the parser refused the rest of it, or a chunked
+        body grew past the limit): answered with the refusal if nothing was answered yet."""
         if self.resp is not None:
             self._abort_client()
             return
-        counters = self.L.runtime.counters.values
-        refusal = self.lp.refusals[reason]
-        counters[refusal.slot] += 1
-        counters[self.decision.slot] -= 1
-        self._refuse_instead(refusal)
-
-    def _refuse_instead(self, refusal: Decision) -> None:
+        refusal = self._recount(reason)
         self._detach(reusable=False)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        self.status = refusal.status
         self.mode = CLOSE
         L = self.L
         self.client.write(
-            L.refusal(refusal, self.snap).render(
+            L.refusal(refusal, self.view.snap).render(
                 self.rid, L.date.line, CLOSE, self.method == "HEAD"
             )
         )
-        self.decision = refusal
         self._complete()
+
+    def _recount(self, reason: str) -> Decision:
+        """Refused after its decision, for its body: counted once, as refused for
+        ``reason``, not as allowed, and logged so."""
+        refusal = self.view.lp.refusals[reason]
+        counters = self.L.counters
+        counters[refusal.slot] += 1
+        counters[self.decision.slot] -= 1
+        self.decision, self.status = refusal, refusal.status
+        return refusal
 
     # -- response -------------------------------------------------------------------------
 
@@ -1623,7 +1611,7 @@ class Forward:
         client's write buffer is full the client is the slow side, not the upstream."""
         if self.done:
             return
-        limit = self.snap.config.timeouts.websocket_idle_s if self.tunnel else self.env.read_s
+        limit = self.view.snap.config.timeouts.websocket_idle_s if self.tunnel else self.env.read_s
         if now - self.activity < limit:
             return
         if self.client.write_paused and not self.tunnel:
@@ -1698,11 +1686,7 @@ class Forward:
             # The client went away inside its request's body: a request cut short, refused
             # as bad_request (as a body the parser refuses, body_broken), not allowed; the
             # aiohttp engine counts it so, and nginx logs it as a 400.
-            refusal = self.lp.refusals["bad_request"]
-            counters = self.L.counters
-            counters[refusal.slot] += 1
-            counters[self.decision.slot] -= 1
-            self.decision, self.status = refusal, refusal.status
+            self._recount("bad_request")
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -1719,7 +1703,7 @@ class Forward:
         client = self.client
         if L.access_log is not None:
             L.access(
-                self.decision, self.status, self.rid, self.snap.short_sha,
+                self.decision, self.status, self.rid, self.view.snap.short_sha,
                 client.client_addr or client.peer_ip, self.method, self.env.name,
                 CLOCK() - self.started,
             )  # fmt: skip

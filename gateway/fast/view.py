@@ -34,7 +34,6 @@ class Outcome:
         self.status = decision.status
         self.slot = decision.slot
         self.disagreement_slot = decision.disagreement_slot
-        self.would_block = decision.would_block
         # Counted in the top blocked hosts and written to the refusal log.
         self.noted = self.refuse or decision.would_block
         self.body_too_large = decision.label == BODY_TOO_LARGE
