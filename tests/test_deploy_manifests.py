@@ -33,7 +33,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ import kubernetes_validate.utils
 import pytest
 import referencing
 import yaml
+
+from bench.proc import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -859,13 +860,6 @@ def _as_image_user() -> dict[str, Any]:
     return {"user": IMAGE_UID, "group": IMAGE_UID, "extra_groups": []} if os.geteuid() == 0 else {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
@@ -1041,7 +1035,7 @@ def test_image_build_and_run(
             host.mkdir(parents=True)
             host.chmod(0o1777)
         mounts[m["mountPath"]] = host
-    public, admin = _free_port(), _free_port()
+    public, admin = free_port(), free_port()
     addresses = {
         arg(c, "--listen"): f"127.0.0.1:{public}",
         arg(c, "--admin-listen"): f"127.0.0.1:{admin}",
@@ -1225,7 +1219,7 @@ def test_systemd_exec_lines(image_venv: Path, image_root: Path) -> None:
             os.chown(p, IMAGE_UID, IMAGE_UID)
         for p in (tok_dir, tok_dir / "tokens.json"):
             os.chown(p, 0, IMAGE_UID)
-    public, admin = _free_port(), _free_port()
+    public, admin = free_port(), free_port()
     start = shlex.split(svc["ExecStart"])
     swaps = {
         "/opt/gateway/": f"{image_venv}/",

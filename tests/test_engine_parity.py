@@ -35,6 +35,8 @@ from support import Gateway, Upstream, metric_sum, read_response, running_gatewa
 from test_fast_engine import Conn, RawUpstream
 from test_fast_engine import config as env_config
 
+from bench.proc import free_port
+
 READ_S = 1.0
 ERRORS = "gateway_upstream_errors_total"
 KINDS = ("connect", "timeout", "reset", "protocol")
@@ -191,17 +193,11 @@ def test_websocket_tunnel_outlives_read_s(upstream: Upstream, tmp_path: Path) ->
         assert errors(gw) == dict.fromkeys(KINDS, 0.0)
 
 
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_websocket_fails_over_to_the_next_upstream(upstream: Upstream, tmp_path: Path) -> None:
     """A WebSocket's upstream is chosen as any request's: round robin, an upstream that
     refuses the connection marked down and the next one tried. (The aiohttp engine only
     ever tried the first upstream: with it down, every WebSocket failed.)"""
-    dead = f"http://127.0.0.1:{_unused_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     cfg = env_config(dead, upstreams=[dead, upstream.url], timeouts={"read_s": READ_S})
     with running_gateway(cfg, tmp_path) as gw:
         # Three handshakes: the round robin starts at the refusing upstream for one of the
@@ -215,7 +211,7 @@ def test_websocket_fails_over_to_the_next_upstream(upstream: Upstream, tmp_path:
 
 
 def test_websocket_every_upstream_refusing_is_a_502(tmp_path: Path) -> None:
-    dead = [f"http://127.0.0.1:{_unused_port()}" for _ in range(2)]
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     with running_gateway(env_config(dead[0], upstreams=dead), tmp_path) as gw:
         with socket.create_connection(("127.0.0.1", gw.port()), timeout=15) as s:
             s.sendall(UPGRADE)

@@ -17,14 +17,9 @@ import dashboard_queries as dq
 import pytest
 from support import PY, Proc, Upstream, get, raw_request, start_gateway, wait_until
 
+from bench.proc import free_port
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def config(upstream: Upstream, dead: int, extra: str = "") -> dict[str, Any]:
