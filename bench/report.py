@@ -183,6 +183,7 @@ LATENCY_HEAD = [
     "p99 ms",
     "p99.9 ms",
     "max ms",
+    "p99 of rounds ms",
     "errors+unanswered",
     "client lag p99 ms",
 ]
@@ -197,7 +198,7 @@ def latency_rows(results: Results) -> list[list[str]]:
             if r is None:
                 continue
             if "error" in r:
-                rows.append([scenario, system, "—", "—", "error", *["—"] * 5, r["error"][:60]])
+                rows.append([scenario, system, "—", "—", "error", *["—"] * 6, r["error"][:60]])
                 continue
             rows.append(
                 [
@@ -210,6 +211,7 @@ def latency_rows(results: Results) -> list[list[str]]:
                     f"{r['p99_ms']:.2f}",
                     f"{r['p999_ms']:.2f}",
                     f"{r['max_ms']:.2f}",
+                    " / ".join(f"{p:.2f}" for p in r.get("p99_rounds_ms", [r["p99_ms"]])),
                     str(r["errors"] + r["unfinished"]),
                     f"{r['client_lag_p99_ms']:.2f}",
                 ]
@@ -315,7 +317,10 @@ def summary_markdown(results: Results, chart_name: str | None) -> str:
             "## Latency at a fixed rate",
             "",
             f"`bench.paced`: {args['paced_rate']:,.0f} req/s for {args['paced_duration']} s "
-            f"over {args['paced_connections']} keep-alive connections, open loop; latency "
+            f"over {args['paced_connections']} keep-alive connections, open loop, "
+            f"{args.get('paced_rounds', 1)} interleaved round(s): each row is the round with "
+            "the median p99, `p99 of rounds` lists every round's (a system that did not hold "
+            "the rate runs once); latency "
             "counted from each request's scheduled send time (no coordinated omission). "
             "`held` = achieved ≥ 95 % of the target; `errors+unanswered` counts requests still "
             "unanswered at the end (counted in the percentiles at their lower bound); "

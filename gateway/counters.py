@@ -74,15 +74,21 @@ class Histogram:
     """A fixed-bucket histogram: cumulative counts are made at scrape time, so observing
     is one bisect and two additions."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "sums")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.total = 0.0
+        # The sum in a list of one: the compiled fast engine adds to it in place
+        # (gateway/fast/upstream.py Route.observe), with no attribute write.
+        self.sums = [0.0]
+
+    @property
+    def total(self) -> float:
+        return self.sums[0]
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.total += value
+        self.sums[0] += value
 
     def cumulative(self) -> list[int]:
         out, acc = [], 0

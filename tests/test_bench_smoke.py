@@ -106,3 +106,19 @@ def test_group_cpu_counts_the_whole_process_group() -> None:
     assert after is not None
     assert after[0] + after[1] - before[0] - before[1] >= 0.2
     assert group_cpu(2**22 + 12345) is None  # no such group
+
+
+def test_median_round_keeps_the_median_p99_and_every_rounds() -> None:
+    from bench.harness import median_round
+
+    def run(p99: float, held: bool = True) -> dict[str, object]:
+        return {"p99_ms": p99, "p50_ms": p99 / 10, "held": held}
+
+    got = median_round([run(35.0), run(1.2), run(1.9)])
+    assert got["p99_ms"] == 1.9 and got["p50_ms"] == 0.19  # the whole median round
+    assert got["p99_rounds_ms"] == [35.0, 1.2, 1.9]  # in the order they ran
+    assert median_round([run(3.0), run(1.0)])["p99_ms"] == 1.0  # even: the lower middle
+    # A round that did not hold the rate, or failed, is the verdict: not averaged away.
+    assert median_round([run(1.0), run(900.0, held=False)])["held"] is False
+    failed = median_round([{"error": "paced exited 1"}])
+    assert failed["error"] == "paced exited 1" and failed["p99_rounds_ms"] == []

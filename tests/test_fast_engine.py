@@ -728,13 +728,19 @@ def fast_pkg(request: pytest.FixtureRequest) -> Any:
 def test_request_head_keeps_upstream_headers_rules(
     fast_pkg: Any, headers: list[tuple[str, str]], host: str
 ) -> None:
-    request_head = fast_pkg("headers").request_head
+    mod = fast_pkg("headers")
     from gateway.proxy import header_text, upstream_headers
 
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
     want = list(upstream_headers(raw, host, "10.0.0.1", "http", "0123456789abcdef").items())
-    head = request_head(
-        b"GET", b"/p", raw, host.encode(), b"10.0.0.1", b"http", b"0123456789abcdef", b""
+    head = mod.request_head(
+        mod.METHOD_SP["GET"],
+        b"/p",
+        raw,
+        mod.host_lines(host.encode(), b"http"),
+        b"10.0.0.1",
+        b"0123456789abcdef",
+        b"",
     )
     lines = head.split(b"\r\n")
     assert lines[0] == b"GET /p HTTP/1.1" and lines[-2:] == [b"", b""]

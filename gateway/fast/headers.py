@@ -37,21 +37,45 @@ def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:
             parts += kept[i : i + 4]
 
 
+# The request line's start per method: llhttp knows a fixed set of methods (aiohttp's
+# parser refuses any other), so this is bounded; a method missing here is encoded.
+METHOD_SP: Final = {
+    m: f"{m} ".encode("ascii")
+    for m in (
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    )
+}  # fmt: skip
+# The blank line ending a head with no framing fields (most requests).
+END: Final = b"\r\n\r\n"
+
+
+def host_lines(forward_host: bytes, proto: bytes) -> tuple[bytes, bytes]:
+    """The fixed parts of the head for one forwarded Host: the request line's end and the
+    Host field, and X-Forwarded-Proto/-Host up to the value of X-Request-ID. Made once per
+    Host (the listener's view keeps them, bounded): a head is then a few parts to join."""
+    return (
+        b"".join((b" HTTP/1.1\r\nHost: ", forward_host, b"\r\n")),
+        b"".join(
+            (b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-Host: ", forward_host,
+             b"\r\nX-Request-ID: ")
+        ),
+    )  # fmt: skip
+
+
 def request_head(
-    method: bytes,
+    method_sp: bytes,
     target: bytes,
     raw_headers: Sequence[tuple[bytes, bytes]],
-    forward_host: bytes,
+    lines: tuple[bytes, bytes],
     xff: bytes,
-    proto: bytes,
     request_id: bytes,
     framing: bytes,
 ) -> bytes:
     """``METHOD target HTTP/1.1``, ``Host`` first (where aiohttp's client writes it), the
     client's remaining fields in order, X-Forwarded-For/-Proto/-Host and X-Request-ID,
     then ``framing`` (Content-Length, Transfer-Encoding, Upgrade lines) and the blank
-    line."""
-    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", forward_host, b"\r\n"]
+    line. ``method_sp``: the method and a space; ``lines``: ``host_lines()``'s."""
+    parts = [method_sp, target, lines[0]]
     listed: set[str] | None = None
     for name, value in raw_headers:
         lname = name.lower()
@@ -61,14 +85,16 @@ def request_head(
             continue
         if lname in DROP_REQUEST_B or UNDERSCORE in lname:
             continue
-        parts += (name, b": ", value, b"\r\n")
+        # (appends: ``parts += (...)`` builds a tuple per field)
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if listed:
-        drop_listed(parts, 6, listed)  # rare: a Connection header naming fields
-    parts += (
-        b"X-Forwarded-For: ", xff,
-        b"\r\nX-Forwarded-Proto: ", proto,
-        b"\r\nX-Forwarded-Host: ", forward_host,
-        b"\r\nX-Request-ID: ", request_id,
-        b"\r\n", framing, b"\r\n",
-    )  # fmt: skip
+        drop_listed(parts, 3, listed)  # rare: a Connection header naming fields
+    parts.append(b"X-Forwarded-For: ")
+    parts.append(xff)
+    parts.append(lines[1])
+    parts.append(request_id)
+    parts.append(b"".join((b"\r\n", framing, b"\r\n")) if framing else END)
     return b"".join(parts)

@@ -47,7 +47,7 @@ from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 from . import prebuilt
 from .chunked import ChunkedFraming
-from .headers import drop_listed, request_head
+from .headers import METHOD_SP, drop_listed, request_head
 from .prebuilt import (
     CLOSE,
     KEEP_10,
@@ -1089,15 +1089,18 @@ class Forward:
                 "utf-8", "surrogateescape"
             )
         target: str = msg.path
+        method = self.method
+        method_sp = METHOD_SP.get(method)
+        if method_sp is None:
+            method_sp = b"".join((method.encode("ascii"), b" "))
         self.head = request_head(
-            self.method.encode("ascii"),
+            method_sp,
             (target if target[:1] == "/" else origin_form(target)).encode(
                 "utf-8", "surrogateescape"
             ),
             msg.raw_headers,
-            self.forward_host.encode("ascii"),
+            self.view.host_lines(self.forward_host),
             client.peer_b if xff is client.peer_ip else xff.encode("ascii", "replace"),
-            self.view.scheme,
             self.rid,
             framing,
         )
@@ -1360,18 +1363,25 @@ class Forward:
             return
         view = self.view
         expose = view.expose_config
-        special = RESPONSE_SPECIAL_SENT.get
-        plain = RESPONSE_PLAIN_SENT
+        route = self.route
+        assert route is not None
         # One list of parts and one join; a field usually costs one lookup or two.
-        parts = [prebuilt.relayed_status_line(code, reason)]
+        # An environment's upstreams answer with one status line, mostly: kept on its route.
+        if code == route.status_code and reason == route.status_reason:
+            line = route.status_line
+        else:
+            line = route.status_line = prebuilt.relayed_status_line(code, reason)
+            route.status_code = code
+            route.status_reason = reason
+        parts = [line]
         has_date = False
         length = None
         te = None
         listed: set[str] | None = None
         for name, value in headers:
-            kind = special(name)
-            if kind is None and name not in plain:
-                kind = special(name.lower())
+            kind = RESPONSE_SPECIAL_SENT.get(name)
+            if kind is None and name not in RESPONSE_PLAIN_SENT:
+                kind = RESPONSE_SPECIAL_SENT.get(name.lower())
             if kind is not None:
                 if kind == _LENGTH:
                     length = value  # llhttp checked it: digits, one value
@@ -1391,7 +1401,11 @@ class Forward:
                 elif kind == _INVALID:
                     self._upstream_failed("protocol", "upstream sent an invalid response")
                     return
-            parts += (name, b": ", value, b"\r\n")
+            # (appends: ``parts += (...)`` builds a tuple per field)
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         if listed:
             drop_listed(parts, 1, listed)  # rare: a Connection header naming fields
             if "date" in listed:
@@ -1440,7 +1454,7 @@ class Forward:
         assert route is not None
         klass = code // 100
         route.values[route.code_slots[(1 if klass < 1 else 5 if klass > 5 else klass) - 1]] += 1
-        route.histogram.observe(CLOCK() - self.started)
+        route.observe(CLOCK() - self.started)
 
     def _pump_response(self, eof: bool) -> None:
         """Relay the body bytes the parser reported (and the held head); ``eof``: the

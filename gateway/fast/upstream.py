@@ -20,23 +20,27 @@ import asyncio
 import contextlib
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 from aiohttp.helpers import DEBUG
 
 from gateway.config import Upstream
-from gateway.counters import Counters
+from gateway.counters import LATENCY_BUCKETS, Counters
 from gateway.policy import EnvPolicy
 from gateway.proxy import UpstreamPool, UpstreamStats
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from .protocol import Forward
+
 # The fast engine's one clock, for its deadlines, idle times, latencies and upstream down
 # times: a C call, where loop.time() is a method lookup and call (about 200 instructions,
 # several a proxied request).
 CLOCK: Final = time.monotonic
+# (a Final static: the module's global otherwise, a dict lookup per use when compiled)
+LATENCY_BUCKETS_F: Final = LATENCY_BUCKETS
 # Idle connections kept per upstream. nginx's bench config keeps 64; a gateway worker
 # may front several busy environments, so a little more, still bounded.
 MAX_IDLE: Final = 256
@@ -75,18 +79,6 @@ class ParserSink:
 SINK: Any = ParserSink()
 
 
-class UpstreamUser(Protocol):
-    """The request being served on an upstream connection (``protocol.Forward``)."""
-
-    def upstream_data(self, data: bytes) -> None: ...
-
-    def upstream_lost(self) -> None: ...
-
-    def upstream_pause_writing(self) -> None: ...
-
-    def upstream_resume_writing(self) -> None: ...
-
-
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "body",
@@ -121,7 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle = idle  # the idle list of its upstream, where it goes back when done
         self.loop = pools.loop
         self.transport: asyncio.Transport | None = None
-        self.user: UpstreamUser | None = None
+        # The request being served on it. Typed as the class (not a Protocol) so the
+        # compiled build calls its methods directly rather than by name.
+        self.user: Forward | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self.unsolicited = False
@@ -302,7 +296,10 @@ class Route:
     does no hashing of Upstream dataclasses: the round-robin state and, per upstream (in
     the same order), its list of idle connections; and its upstream-response counters."""
 
-    __slots__ = ("code_slots", "env", "histogram", "idle", "pool", "single", "values")
+    __slots__ = (
+        "code_slots", "counts", "env", "histogram", "idle", "pool", "single", "status_code",
+        "status_line", "status_reason", "sums", "values",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -319,7 +316,25 @@ class Route:
         # gateway_upstream_responses_total slots for 1xx..5xx, and the latency histogram;
         # a response is counted as values[code_slots[klass]] += 1 (Counters.values).
         self.code_slots, self.histogram = stats.response_slots(env.name)
+        # The histogram's own lists (never replaced): observed here, compiled, rather than
+        # by an interpreted call and two attribute writes per response.
+        self.counts = self.histogram.counts
+        self.sums = self.histogram.sums
         self.values = values
+        # The last relayed status line (Forward._response_head).
+        self.status_code = 0
+        self.status_reason = b""
+        self.status_line = b""
+
+    def observe(self, seconds: float) -> None:
+        """``Histogram.observe``: the first bucket at or above ``seconds`` (bisect_left)."""
+        i = 0
+        for bound in LATENCY_BUCKETS_F:
+            if bound >= seconds:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.sums[0] += seconds
 
 
 # UpstreamPool.order() for one upstream, whatever its down state ("all marked down: try

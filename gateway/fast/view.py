@@ -9,7 +9,8 @@ snapshot instead, into the classes below, which the compiled build makes C struc
 Nothing here is per request: a ``ListenerView`` is made when a listener first serves a new
 snapshot, and an ``Outcome`` the first time that view meets a decision. Both are bounded by
 the config: decisions are interned per listener and snapshot (``ListenerPolicy._intern``),
-and ``recent``, keyed by client input, is bounded as ``ListenerPolicy``'s own (``remember``).
+and ``recent`` and ``lines``, keyed by client input, are bounded as ``ListenerPolicy``'s own
+(``remember``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Final, final
 
 from gateway.policy import Decision, EnvPolicy, ListenerPolicy, Snapshot, remember
 
+from .headers import host_lines
 from .prebuilt import Refusal
 
 BODY_TOO_LARGE: Final = "body_too_large"
@@ -60,6 +62,9 @@ class ListenerView:
         self.config_sha = snap.short_sha.encode("ascii")
         self.outcomes: dict[Decision, Outcome] = {}
         self.recent: dict[str, tuple[Outcome, str]] = {}
+        # headers.host_lines() per forwarded Host (a wildcard endpoint admits many:
+        # bounded as ``recent``).
+        self.lines: dict[str, tuple[bytes, bytes]] = {}
         self.version_refusal = self.outcome(lp.version_refusal)
         self.refusals: dict[str, Outcome] = {
             reason: self.outcome(d) for reason, d in lp.refusals.items()
@@ -85,6 +90,13 @@ class ListenerView:
         result = (self.outcome(decision), forward_host)
         remember(self.recent, value, result)
         return result
+
+    def host_lines(self, forward_host: str) -> tuple[bytes, bytes]:
+        got = self.lines.get(forward_host)
+        if got is None:
+            got = host_lines(forward_host.encode("ascii"), self.scheme)
+            remember(self.lines, forward_host, got)
+        return got
 
     def decide(self, values: Sequence[str], method: str, target: str) -> tuple[Outcome, str]:
         decision, forward_host = self.lp.decide(values, method, target)
