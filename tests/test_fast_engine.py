@@ -858,6 +858,33 @@ def test_listener_view_cache_is_bounded(fast_pkg: Any) -> None:
     assert long_value not in view.recent
     # Outcomes are per decision, not per Host: a flood of names adds none.
     assert len(view.outcomes) < 16
+    # The request head's parts per forwarded Host: the same bounds.
+    for i in range(RECENT_SIZE * 2 + 7):
+        first, second = view.host_lines(f"h{i}.example.com")
+        assert first == f" HTTP/1.1\r\nHost: h{i}.example.com\r\n".encode()
+        assert second.endswith(f"X-Forwarded-Host: h{i}.example.com\r\nX-Request-ID: ".encode())
+        assert len(view.lines) <= RECENT_SIZE
+    view.host_lines(long_value)
+    assert long_value not in view.lines
+
+
+@pytest.mark.sansio
+def test_route_observes_as_the_histogram(fast_pkg: Any) -> None:
+    """The compiled engine's latency observation (upstream.Route.observe) puts every value,
+    bounds included, in the bucket Histogram.observe (bisect_left) does, and the same sum."""
+    from gateway.counters import LATENCY_BUCKETS, Counters, Histogram
+
+    snap = _vector_snapshot("single")
+    env = next(iter(snap.envs.values()))
+    route = fast_pkg("upstream").UpstreamPools(Counters()).route(env)
+    want = Histogram()
+    values = [0.0, 1e-6, *LATENCY_BUCKETS, *(b * 1.0001 for b in LATENCY_BUCKETS), 1e9]
+    for v in values:
+        route.observe(v)
+        want.observe(v)
+    assert route.histogram.counts == want.counts
+    assert route.histogram.total == want.total
+    assert sum(want.counts) == len(values)
 
 
 @pytest.mark.sansio
