@@ -60,7 +60,7 @@ test: lint typecheck pytest pytest-interpreted
 
 bench: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
-	$(BIN)/python -m bench.harness --rounds 3 --duration 5
+	$(BIN)/python -m bench.harness --rounds 5 --duration 5
 
 bench-quick: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
