@@ -37,8 +37,8 @@ def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:
             parts += kept[i : i + 4]
 
 
-# The request line's start per method: llhttp knows a fixed set of methods (aiohttp's
-# parser refuses any other), so this is bounded; a method missing here is encoded.
+# The request line's start for the usual methods, made once; any other method llhttp
+# accepts is encoded per request.
 METHOD_SP: Final = {
     m: f"{m} ".encode("ascii")
     for m in (
