@@ -404,7 +404,7 @@ class Run:
             for scenario in o.scenarios:
                 for name in list(self.measurable(scenario)):
                     done = runs.setdefault(scenario, {}).setdefault(name, [])
-                    if done and ("error" in done[-1] or not done[-1]["held"]):
+                    if done and _verdict(done[-1]):
                         continue
                     result = self._paced_once(name, scenario)
                     result["round"] = rnd
@@ -489,11 +489,16 @@ class Run:
         }
 
 
+def _verdict(result: dict[str, Any]) -> bool:
+    """A latency round that settles its system's result: an error or a rate not held."""
+    return "error" in result or not result["held"]
+
+
 def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median p99 (the lower middle of an even count), with every
     round's p99 under ``p99_rounds_ms``; an error or a rate not held is the result."""
     for r in results:
-        if "error" in r or not r["held"]:
+        if _verdict(r):
             return {**r, "p99_rounds_ms": [x["p99_ms"] for x in results if "error" not in x]}
     ranked = sorted(results, key=lambda r: r["p99_ms"])
     chosen = ranked[(len(ranked) - 1) // 2]
