@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 COMPILED := gateway/fast_c/__init__.py
 READY := $(STAMP) $(COMPILED)
 # Debian packages the tests need: binary:package
-APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver valgrind:valgrind
+APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver valgrind:valgrind python3-config:python3-dev
 APT_BENCH := nginx:nginx-light wrk:wrk
 
 .PHONY: venv install compile run test lint typecheck pytest pytest-interpreted bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean

@@ -9,6 +9,13 @@ silently ignored; without a build (no C compiler, a failed build, ``GATEWAY_NO_E
 the engine runs interpreted, the same code.
 
     python scripts/compile_fast.py          # about 30 s on this machine
+    python scripts/compile_fast.py --install   # then into the installed package (below)
+
+``--install`` is for an installed gateway (the container image, a systemd install): ``pip
+install .`` leaves ``gateway.fast_c`` out, since a build is made for one interpreter; this
+copies the build into the ``gateway`` package of the interpreter running the script (its
+``site-packages``), after checking that the package installed there is the one built
+from, and then asks that package, from outside the checkout, which build it runs.
 
 Without a C compiler or Python's headers, or when the build fails, it says so and exits 0
 (the engine runs interpreted); with GATEWAY_REQUIRE_COMPILED=1, as ``make test`` runs it, it
@@ -17,8 +24,11 @@ fails instead, so CI never tests the interpreted build thinking it is the compil
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -44,10 +54,24 @@ def fail(message: str) -> int:
     return 1 if strict else 0
 
 
+def compiler_version() -> str:
+    """The compiler a build is made by; a build by another one is rebuilt."""
+    try:
+        return f"mypy {importlib.metadata.version('mypy')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "mypy none"
+
+
 def current() -> bool:
-    """A build of the sources as they are is already there."""
-    built = built_digest() == source_digest()
-    return built and all((TARGET / name).exists() for name in _extension_names())
+    """A build of the sources as they are, by this compiler, is already there."""
+    if built_digest() != source_digest():
+        return False
+    try:
+        made_by = getattr(importlib.import_module("gateway.fast_c"), "COMPILER", None)
+    except ImportError:
+        return False
+    extensions = all((TARGET / name).exists() for name in _extension_names())
+    return made_by == compiler_version() and extensions
 
 
 def _extension_names() -> list[str]:
@@ -78,6 +102,36 @@ def build() -> None:
     dist.run_commands()
 
 
+def install() -> int:
+    """Copy the build into the installed ``gateway`` package and check that it runs."""
+    installed = Path(sysconfig.get_paths()["purelib"]) / "gateway"
+    if not (installed / "fast" / "__init__.py").exists():
+        print(f"compile_fast: no installed gateway package in {installed.parent}", file=sys.stderr)
+        return 1
+    if installed.resolve() == (ROOT / "gateway").resolve():
+        return 0  # an editable or in-place install: the build is already there
+    ask = "from gateway.fast import engine_class; print(engine_class()[1])"
+    check = [sys.executable, "-c", ask]
+    shutil.rmtree(installed / "fast_c", ignore_errors=True)
+    shutil.copytree(TARGET, installed / "fast_c", ignore=shutil.ignore_patterns("__pycache__"))
+    # From / and with no PYTHONPATH: the installed package, not this checkout, answers.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GATEWAY_NO_EXTENSIONS")}
+    answer = subprocess.run(check, cwd="/", env=env, capture_output=True, text=True)
+    build = answer.stdout.strip()
+    if answer.returncode != 0 or build != "compiled":
+        # Another version of the package than the one built from, or a build that does
+        # not load there: remove it rather than leave a build that is never run.
+        shutil.rmtree(installed / "fast_c", ignore_errors=True)
+        print(
+            f"compile_fast: the installed package in {installed} runs "
+            f"{build or answer.stderr.strip()[-500:]!r}, not the build; removed it",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"compile_fast: installed the build in {installed / 'fast_c'}: it runs compiled")
+    return 0
+
+
 def main() -> int:
     listed = sorted(p.stem for p in SOURCE.glob("*.py") if p.stem != "__init__")
     if listed != sorted(MODULES):
@@ -87,7 +141,7 @@ def main() -> int:
     os.chdir(ROOT)  # mypyc names modules by their paths
     if current():
         print("compile_fast: the compiled build is current")
-        return 0
+        return install() if "--install" in sys.argv[1:] else 0
     compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return fail(f"no C compiler ({compiler})")
@@ -119,10 +173,11 @@ def main() -> int:
     (TARGET / "__init__.py").write_text(
         '"""The fast engine compiled by mypyc from gateway/fast (scripts/compile_fast.py);\n'
         'generated, not in git."""\n\n'
+        f'COMPILER = "{compiler_version()}"\n'
         f'SOURCE_DIGEST = "{digest}"\n'
     )
     print(f"compile_fast: built {', '.join(_extension_names())}")
-    return 0
+    return install() if "--install" in sys.argv[1:] else 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -711,6 +712,17 @@ def dockerfile_lines() -> list[tuple[str, str]]:
     return out
 
 
+def dockerfile_args() -> dict[str, str]:
+    """The global ARGs (before the first FROM) and their defaults."""
+    out: dict[str, str] = {}
+    for instr, rest in dockerfile_lines():
+        if instr == "FROM":
+            break
+        name, _, default = rest.partition("=")
+        out[name] = default
+    return out
+
+
 def dockerfile_stages() -> list[Stage]:
     stages: list[Stage] = []
     for instr, rest in dockerfile_lines():
@@ -742,7 +754,14 @@ def test_dockerfile_shape() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
     build, runtime = stages[0], stages[-1]
-    assert build.base == runtime.base, "the venv is copied: same Python in both stages"
+    # The venv is copied, with a compiled extension in it: the same Python release in both
+    # stages, the build stage in the image variant that has gcc and Python's headers.
+    args = dockerfile_args()
+    build_image = _expand(build.base, args)
+    runtime_image = _expand(runtime.base, args)
+    m = re.fullmatch(r"python:(3\.\d+)-slim-(\w+)", runtime_image)
+    assert m, runtime_image
+    assert build_image == f"python:{m.group(1)}-{m.group(2)}", (build_image, runtime_image)
     assert any(rest.startswith(f"--from={build.name} ") for rest in runtime.all("COPY"))
     assert not runtime.all("RUN"), "the runtime stage only copies the venv"
     uid, _, gid = runtime.user.partition(":")
@@ -756,6 +775,14 @@ def test_dockerfile_shape() -> None:
     assert "--start-period" in runtime.one("HEALTHCHECK")
     # The same pip command runs in the image and in test_image_build_and_run below.
     assert '"$VENV/bin/pip" install --no-cache-dir .' in build.all("RUN")
+    # The build stage compiles the fast engine, refusing to fall back to the interpreted one,
+    # with the compiler pinned as the project pins it for `make compile`.
+    (compile_step,) = [r for r in build.all("RUN") if "compile_fast.py" in r]
+    assert "GATEWAY_REQUIRE_COMPILED=1" in compile_step and "--install" in compile_step
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for pin in ("mypy", "setuptools"):
+        (spec,) = [d.split("#")[0].strip() for d in dev["dev"] if re.match(pin + r"\b", d)]
+        assert any(f'"{spec}"' in r for r in build.all("RUN")), (pin, spec)
 
 
 def _dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
@@ -812,7 +839,14 @@ def test_dockerignore() -> None:
     ]
     for rel in kept_out:
         assert docker_ignored(rel), rel
-    for rel in ("pyproject.toml", "README.md", "gateway/cli.py", "gateway/examples/x.json"):
+    kept_out.append("scripts/ensure-apt.sh")
+    for rel in (
+        "pyproject.toml",
+        "README.md",
+        "gateway/cli.py",
+        "gateway/examples/x.json",
+        "scripts/compile_fast.py",
+    ):
         assert not docker_ignored(rel), rel
 
 
@@ -1097,6 +1131,9 @@ def test_image_build_and_run(
     stderr = _kill(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert elapsed < pod["terminationGracePeriodSeconds"], elapsed
+    # The image runs the fast engine's compiled build (the build stage made it), as the
+    # benchmarks measure it, not its interpreted sources.
+    assert "fast engine build=compiled" in stderr, stderr[-3000:]
     # A read-only mount and a non-root user: nothing was written beside the config.
     assert sorted(p.name for p in mounts["/etc/gateway"].iterdir()) == sorted(
         ["..data", "..2026_01_01_00_00_00.000000001", "config.json"]

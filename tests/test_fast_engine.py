@@ -1162,3 +1162,27 @@ def test_a_stale_or_broken_compiled_build_is_never_run(monkeypatch: pytest.Monke
     # No build at all.
     monkeypatch.setattr(fast, "COMPILED_PACKAGE", "no_such_fast_c")
     assert fast.engine_class() == (fast.FastEngine, "interpreted (no compiled build: make compile)")
+
+
+def test_make_compile_rebuilds_for_another_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build records the mypy it was made by (``COMPILER``): ``make compile`` remakes
+    a build by another mypy, while the gateway still runs it where no mypy is installed (the
+    container image), since the sources it was made from are the same."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compile_fast", Path(__file__).resolve().parent.parent / "scripts" / "compile_fast.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    if not script.current():
+        assert not os.environ.get("GATEWAY_REQUIRE_COMPILED"), "make test compiles first"
+        pytest.skip("no current compiled build here (make compile)")
+    monkeypatch.setattr(script, "compiler_version", lambda: "mypy 0.0")
+    assert not script.current()
+    # Which build runs does not depend on the compiler being installed.
+    import gateway.fast as fast
+
+    monkeypatch.delenv("GATEWAY_NO_EXTENSIONS", raising=False)
+    assert fast.engine_class()[1] == "compiled"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.metadata
 import logging
 import os
 import sys
@@ -59,15 +58,13 @@ COMPILED_PACKAGE = "gateway.fast_c"
 def source_digest() -> str:
     """SHA-256 of what a compiled build is made from: every module of the ``gateway``
     package (mypyc compiles the engine against their types, and inlines their ``Final``
-    constants), mypy's version and the interpreter's. A build records the digest it was
-    made from, so a build older than any of them is never run."""
+    constants) and the interpreter's ABI. A build records the digest it was made from, so
+    a build older than any of them is never run. The compiler's version is not part of it:
+    a build runs where no compiler is installed (the container image), and a newer mypy
+    makes ``make compile`` rebuild (``scripts/compile_fast.py`` compares ``COMPILER``)."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    try:
-        mypy_version = importlib.metadata.version("mypy")
-    except importlib.metadata.PackageNotFoundError:
-        mypy_version = "none"
-    h.update(f"{sys.implementation.cache_tag} mypy {mypy_version}\n".encode())
+    h.update(f"{sys.implementation.cache_tag}\n".encode())
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if rel.startswith("fast_c/"):
