@@ -12,7 +12,7 @@ READY := $(STAMP) $(COMPILED)
 APT_TEST := prometheus:prometheus promtool:prometheus nginx:nginx-light wrk:wrk chromium:chromium chromedriver:chromium-driver valgrind:valgrind python3-config:python3-dev
 APT_BENCH := nginx:nginx-light wrk:wrk
 
-.PHONY: venv install compile run test lint typecheck pytest pytest-interpreted bench bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean
+.PHONY: venv install compile run test lint typecheck pytest pytest-interpreted bench bench-parser bench-quick bench-micro bench-reload bench-instructions bench-profile bench-memory bench-locust soak apt-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,13 @@ test: lint typecheck pytest pytest-interpreted
 bench: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.harness --rounds 5 --duration 5
+
+# What aiohttp's request parser costs: the bare sketch on it and on httptools, beside nginx
+# and the fast engine (bench/RESULTS.md, "What the request parser costs").
+bench-parser: $(READY)
+	scripts/ensure-apt.sh $(APT_BENCH)
+	$(BIN)/python -m bench.harness --rounds 5 --duration 5 \
+		--systems nginx,bare-protocol,bare-httptools,gateway-fast --out bench/results/parser
 
 bench-quick: $(READY)
 	scripts/ensure-apt.sh $(APT_BENCH)

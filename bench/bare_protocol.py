@@ -15,8 +15,14 @@ answered and the connection closed), no chunked upstream responses, no timeouts,
 flow control, no metrics. benchmarking.md measured ~56k req/s refused and ~31k forwarding
 on one core.
 
+``--parser httptools`` swaps aiohttp's parser for httptools' (the same llhttp, reporting to
+callbacks, no message objects): the ``bare-httptools`` system of ``bench.harness``, which
+shows what the parser issue 8 asks for costs. Not a gateway's parser as it stands: it skips
+aiohttp's checks on top of llhttp (field limits, duplicate singletons, Host required, the
+request-target's form).
+
     python -m bench.bare_protocol --listen 127.0.0.1:PORT --upstream 127.0.0.1:UPORT \
-        --allow allowed.example --allow bench.example
+        --allow allowed.example --allow bench.example [--parser httptools]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
+import httptools
 import uvloop
 from aiohttp import hdrs
 from aiohttp.base_protocol import BaseProtocol
@@ -229,6 +236,75 @@ class ClientSide(asyncio.Protocol):
         self._flush()
 
 
+class _Request:
+    """What ClientSide reads of aiohttp's RawRequestMessage, collected from httptools."""
+
+    __slots__ = ("host", "method", "path", "raw_headers", "should_close")
+
+    def __init__(self) -> None:
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.host: str | None = None
+        self.path = ""
+        self.method = ""
+        self.should_close = False
+
+
+class HttptoolsClientSide(ClientSide):
+    """ClientSide on httptools' request parser: llhttp's callbacks fill a _Request."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(config, loop)
+        self._tparser = httptools.HttpRequestParser(self)
+        self._req = _Request()
+        self._done: list[tuple[_Request, bool]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self._req.path += url.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._req.raw_headers.append((name, value))
+        if len(name) == 4 and name.lower() == b"host":
+            self._req.host = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        req.method = self._tparser.get_method().decode("ascii")
+        req.should_close = not self._tparser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self._done.append((self._req, True))  # the sketch forwards no bodies
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        if not self._done or self._done[-1][0] is not req:
+            self._done.append((req, False))
+        self._req = _Request()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._tparser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._answer(NOT_IMPLEMENTED, close=True)
+            return
+        except httptools.HttpParserError:
+            self._answer(BAD_REQUEST, close=True)
+            return
+        done, self._done = self._done, []
+        for req, has_body in done:
+            if self._closing:
+                return
+            norm = normalise_host(req.host) if req.host is not None else ""
+            if norm not in self._config.allowed:
+                close = req.should_close or has_body
+                self._answer(REFUSED_CLOSE if close else REFUSED, close)
+            elif has_body:
+                self._answer(NOT_IMPLEMENTED, close=True)
+            else:
+                self._forward(self._request_head(req, norm), req.should_close)
+
+
 class UpstreamSide(asyncio.Protocol):
     """The client connection's own upstream connection; frames responses by
     Content-Length (the upstreams in the benchmark send small fixed bodies)."""
@@ -302,9 +378,9 @@ def _content_length(head: bytes) -> int | None:
         return None
 
 
-async def serve(host: str, port: int, config: Config) -> None:
+async def serve(host: str, port: int, config: Config, side: type[ClientSide] = ClientSide) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: ClientSide(config, loop), host, port, backlog=1024)
+    server = await loop.create_server(lambda: side(config, loop), host, port, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -324,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, help="HOST:PORT")
     parser.add_argument("--upstream", help="HOST:PORT of the upstream for allowed hosts")
     parser.add_argument("--allow", action="append", default=[], help="allowed host (repeat)")
+    parser.add_argument(
+        "--parser", choices=("aiohttp", "httptools"), default="aiohttp", help="request parser"
+    )
     args = parser.parse_args(argv)
     if HttpRequestParser.__module__ != "aiohttp._http_parser":
         # The pure-Python parser would measure something else entirely.
@@ -331,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     up_host, up_port = _split(args.upstream) if args.upstream else (None, 0)
     config = Config(frozenset(normalise_host(h) for h in args.allow), up_host, up_port)
     host, port = _split(args.listen)
-    uvloop.run(serve(host, port, config))
+    side = HttptoolsClientSide if args.parser == "httptools" else ClientSide
+    uvloop.run(serve(host, port, config, side))
 
 
 if __name__ == "__main__":

@@ -142,8 +142,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument(
         "--systems",
         type=_csv(list(SYSTEMS)),
-        default=list(SYSTEMS),
-        help=f"comma-separated (default all: {','.join(SYSTEMS)})",
+        default=[name for name, spec in SYSTEMS.items() if spec.default],
+        help=f"comma-separated, of {','.join(SYSTEMS)} (default: all but "
+        f"{','.join(name for name, spec in SYSTEMS.items() if not spec.default)})",
     )
     p.add_argument(
         "--scenarios",

@@ -56,6 +56,8 @@ class SystemSpec:
     command: Callable[[Context, int], list[str]]
     startup_timeout: float = 10.0
     needs_nginx: bool = False
+    # Part of a plain `make bench` run; the others only when asked for (--systems).
+    default: bool = True
 
 
 @dataclass
@@ -179,11 +181,15 @@ def floor_command(ctx: Context, port: int) -> list[str]:
     return [ctx.python, "-m", "bench.floor", "--listen", f"{LOOPBACK}:{port}"]
 
 
-def bare_command(ctx: Context, port: int) -> list[str]:
+def bare_command(ctx: Context, port: int, parser: str = "aiohttp") -> list[str]:
     argv = [ctx.python, "-m", "bench.bare_protocol", "--listen", f"{LOOPBACK}:{port}"]
     if ctx.upstream_port is not None:
         argv += ["--upstream", f"{LOOPBACK}:{ctx.upstream_port}"]
-    return [*argv, "--allow", ALLOWED_HOST, "--allow", ENV_HOSTNAME]
+    return [*argv, "--allow", ALLOWED_HOST, "--allow", ENV_HOSTNAME, "--parser", parser]
+
+
+def bare_httptools_command(ctx: Context, port: int) -> list[str]:
+    return bare_command(ctx, port, "httptools")
 
 
 def gateway_config(ctx: Context, port: int) -> dict[str, object]:
@@ -256,6 +262,13 @@ SYSTEMS: dict[str, SystemSpec] = {
             "uvloop Protocol + aiohttp C parser; forwarding sketch",
             BOTH,
             bare_command,
+        ),
+        SystemSpec(
+            "bare-httptools",
+            "the bare sketch on httptools' request parser (what aiohttp's parser costs)",
+            BOTH,
+            bare_httptools_command,
+            default=False,
         ),
         SystemSpec(
             "gateway-aiohttp",
