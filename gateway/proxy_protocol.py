@@ -35,6 +35,24 @@ def parse(buf: bytes) -> ProxyHeader | None:
     raise ProxyProtocolError("connection does not start with a PROXY protocol header")
 
 
+def safe_read(buf: bytes) -> int:
+    """How many more bytes can be read after ``buf`` (the start of a header, not yet
+    complete) without reading past the header's end. On a TLS listener the header comes in
+    the clear before the handshake, so the bytes after it must stay unread for the TLS
+    layer: the header is read in pieces of at most this size. Never 0."""
+    size = len(buf)
+    if size < 12:
+        return 12 - size  # the v2 signature; shorter than any v1 line (15 bytes at least)
+    if buf[:1] == b"\r":
+        if size < 16:
+            return 16 - size
+        return max(1, 16 + int.from_bytes(buf[14:16], "big") - size)
+    if size < 15:
+        return 15 - size
+    # A v1 line ends in CRLF: two more bytes are within it unless the last one is CR.
+    return 1 if buf[-1:] == b"\r" else 2
+
+
 def _v1(buf: bytes) -> ProxyHeader | None:
     if not b"PROXY "[: len(buf)] == buf[:6]:
         raise ProxyProtocolError("bad v1 signature")

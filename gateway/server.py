@@ -547,7 +547,12 @@ class AiohttpEngine:
             )
             self._servers[name] = server
             srv, self.addresses[name] = await open_listener(
-                server, bind, (ssl_contexts or {}).get(name), (sockets or {}).get(name)
+                server,
+                bind,
+                (ssl_contexts or {}).get(name),
+                (sockets or {}).get(name),
+                name,
+                self.runtime,
             )
             self._listening.append(srv)
         self.runtime.listeners_up = True

@@ -7,10 +7,15 @@ import re
 import socket
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp.http_parser as _py_parser
 
 from gateway.config import Bind
+from gateway.tls_accept import TLSListener
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 # A refused request's body is drained up to this much so the connection can be kept;
 # beyond it the connection is closed (the body is never parsed as a next request).
@@ -67,15 +72,21 @@ async def open_listener(
     bind: Bind,
     ctx: ssl.SSLContext | None,
     sock: socket.socket | None,
+    name: str,
+    runtime: Runtime,
 ) -> tuple[asyncio.AbstractServer, tuple[str, int]]:
     """Listen for one listener: on the socket a supervisor handed down, or on its bind.
-    Returns the server and the address it really listens on (port 0 in tests)."""
+    Returns the server and the address it really listens on (port 0 in tests). A TLS
+    listener accepts plain TCP and does the handshake itself (tls_accept: the PROXY
+    header comes before it, and a failed handshake is counted)."""
     loop = asyncio.get_running_loop()
+    if ctx is not None:
+        factory = TLSListener(name, runtime, ctx, factory)
     if sock is not None:
-        srv = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=1024)
+        srv = await loop.create_server(factory, sock=sock, backlog=1024)
     else:
         srv = await loop.create_server(
-            factory, bind.host, bind.port, ssl=ctx, backlog=1024, reuse_address=True
+            factory, bind.host, bind.port, backlog=1024, reuse_address=True
         )
     sockname = srv.sockets[0].getsockname()
     return srv, (sockname[0], sockname[1])

@@ -229,6 +229,166 @@ def test_tls_with_matching_and_mismatching_sni(upstream: Upstream, tmp_path: Pat
         assert metric_sum(m, "gateway_requests_blocked_total", reason="sni_mismatch") == 2
 
 
+def _tls_files(tmp_path: Path, *names: str) -> tuple[trustme.CA, dict[str, str]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert(*names)
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return ca, {"cert": str(cert_path), "key": str(key_path)}
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Whatever the server sends (a TLS alert, say) until it closes or resets."""
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def _tls_exchange(port: int, ctx: ssl.SSLContext, sni: str, prefix: bytes, request: bytes) -> bytes:
+    """A TLS client over memory BIOs, so that the bytes on the wire are chosen exactly:
+    ``prefix`` (a PROXY header) and the ClientHello go out in one send, as a balancer that
+    prepends its header to the client's first segment sends them, and the request goes
+    out with the client's last handshake flight (TLS 1.3 clients do that). Returns every
+    byte of the answer, up to the server's close."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        first = True
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flight = outgoing.read()
+                if flight:
+                    sock.sendall((prefix if first else b"") + flight)
+                    first = False
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake") from None
+                incoming.write(data)
+        obj.write(request)
+        sock.sendall(outgoing.read())
+        answer = b""
+        while True:
+            try:
+                got = obj.read(65536)
+                if not got:
+                    return answer  # the server's close_notify
+                answer += got
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    return answer
+                incoming.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return answer
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_tls_listener_behind_a_proxy_protocol_balancer(
+    upstream: Upstream, tmp_path: Path, version: str
+) -> None:
+    """nginx's `listen 443 ssl proxy_protocol`: the balancer's header comes in the clear,
+    before the ClientHello, often in the same segment; the client address it names is
+    believed from a trusted balancer, and the TLS layer gets exactly the bytes after it."""
+    ca, tls = _tls_files(tmp_path, "www.acme.com", "evil.example")
+    config = cfg(upstream, trusted_proxies=["127.0.0.0/8"], timeouts={"header_s": 1.0})
+    config["listeners"] = [
+        {
+            "name": "nlb",
+            "bind": "127.0.0.1:0",
+            "environments": ["production"],
+            "tls": tls,
+            "proxy_protocol": True,
+        }
+    ]
+    header = (
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 443\r\n" if version == "v1" else _v2("203.0.113.7")
+    )
+    with running_gateway(config, tmp_path) as gw:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        request = b"GET /x HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
+        answer = _tls_exchange(gw.port(), client_ctx, "www.acme.com", header, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+        seen = dict(map(tuple, json.loads(body)["headers"]))
+        assert seen["X-Forwarded-For"] == "203.0.113.7"
+        assert seen["X-Forwarded-Proto"] == "https"
+        # Refused by Host as on any listener.
+        refused = request.replace(b"www.acme.com", b"evil.example")
+        answer = _tls_exchange(gw.port(), client_ctx, "evil.example", header, refused)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+        # No header, or a bad one, before the handshake: closed, counted as on plain ones.
+        with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+            _tls_exchange(gw.port(), client_ctx, "www.acme.com", b"", request)
+        with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+            _tls_exchange(gw.port(), client_ctx, "www.acme.com", b"PROXY TCP4 1.2.3 x\r\n", request)
+        # Half a header, then silence: the header deadline, as on a plain listener.
+        with socket.create_connection(("127.0.0.1", gw.port()), timeout=10) as s:
+            s.sendall(header[:10])
+            _until_closed(s)
+        m = gw.metrics()
+        assert metric_sum(m, "gateway_connections_refused_total", reason="proxy_protocol") == 2
+        assert metric_sum(m, "gateway_connections_refused_total", reason="header_timeout") == 1
+        assert metric_sum(m, "gateway_connections_refused_total", reason="tls_handshake") == 0
+        assert metric_sum(m, "gateway_requests_blocked_total") == 1
+
+
+def test_failed_tls_handshakes_are_counted(upstream: Upstream, tmp_path: Path) -> None:
+    """gateway_connections_refused_total{reason="tls_handshake"}: a handshake the TLS layer
+    refuses or that does not finish in time; not a client that connects and closes (a
+    balancer's TCP health check)."""
+    ca, tls = _tls_files(tmp_path, "www.acme.com")
+    config = cfg(upstream, timeouts={"header_s": 1.0})
+    config["listeners"] = [
+        {"name": "tls", "bind": "127.0.0.1:0", "environments": ["production"], "tls": tls}
+    ]
+    with running_gateway(config, tmp_path) as gw:
+        port = gw.port()
+
+        def refused() -> float:
+            m = gw.metrics()
+            return metric_sum(m, "gateway_connections_refused_total", reason="tls_handshake")
+
+        # Plain HTTP to the TLS port.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: www.acme.com\r\n\r\n")
+            _until_closed(s)
+        wait_until(lambda: refused() == 1)
+        # A client that does not trust the certificate: it aborts with an alert.
+        untrusting = ssl.create_default_context()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            untrusting.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=5),
+                server_hostname="www.acme.com",
+            )
+        wait_until(lambda: refused() == 2)
+        # A TCP health check: connect, close. Not a handshake failure.
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        # Silent past the header timeout (1 s here): cut, counted.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            start = time.monotonic()
+            _until_closed(s)
+            waited = time.monotonic() - start
+        assert waited >= 0.9, waited
+        wait_until(lambda: refused() == 3)
+        # The listener still serves.
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        request = b"GET / HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
+        answer = _tls_exchange(port, client_ctx, "www.acme.com", b"", request)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        time.sleep(0.3)
+        assert refused() == 3
+
+
 def _v2(src: str, dst: str = "10.0.0.1") -> bytes:
     body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", 5555, 80)
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body

@@ -62,7 +62,12 @@ class FastEngine:
                 return ClientConnection(listener)
 
             srv, self.addresses[name] = await open_listener(
-                factory, bind, (ssl_contexts or {}).get(name), (sockets or {}).get(name)
+                factory,
+                bind,
+                (ssl_contexts or {}).get(name),
+                (sockets or {}).get(name),
+                name,
+                self.runtime,
             )
             self._listening.append(srv)
         self.runtime.listeners_up = True
