@@ -122,3 +122,15 @@ def test_median_round_keeps_the_median_p99_and_every_rounds() -> None:
     assert median_round([run(1.0), run(900.0, held=False)])["held"] is False
     failed = median_round([{"error": "paced exited 1"}])
     assert failed["error"] == "paced exited 1" and failed["p99_rounds_ms"] == []
+
+
+def test_sizing_smoke(tmp_path: Path) -> None:
+    """bench.sizing (deploy/README.md, "Sizing"): a gateway on a generated allowlist, two
+    full reloads awaited, RSS read after each."""
+    from bench import sizing
+
+    row = sizing.measure(200, 2, tmp_path)
+    series = row["rss_mib"]
+    assert isinstance(series, list) and len(series) == 3
+    assert all(10 < value < 2_000 for value in series), series
+    assert row["entries"] == 200 and int(str(row["json_bytes"])) > 200 * 20
