@@ -165,13 +165,14 @@ def test_refusals_are_held_then_folded_and_every_read_sees_them(tmp_path: Any) -
     from gateway.runtime import FOLD_AT
 
     rt = _runtime(tmp_path)
-    held = rt.blocked_pending  # the fast engine's listeners hold this list: never replaced
+    held = rt.blocked_pending  # the fast engine's listeners hold this map: never replaced
     for _ in range(3):
         _refuse(rt, ["evil.example"])
     # Bytes that are not UTF-8 (decoded with surrogateescape): counted as \xNN escapes.
     _refuse(rt, [b"bad\xff.example".decode("utf-8", "surrogateescape")])
     _refuse(rt, ["a.example", "b.example"])  # two Host fields: refused, not counted
-    assert len(rt.blocked_pending) == 5 and not rt.blocked.per_env  # held, not counted yet
+    # Held per (decision, Host), not counted yet.
+    assert sorted(n for n in rt.blocked_pending.values()) == [1, 3] and not rt.blocked.per_env
     before = time.time()
     rows = {r["host"]: r for r in rt.blocked_snapshot()["prod"]}
     assert not rt.blocked_pending
@@ -180,14 +181,35 @@ def test_refusals_are_held_then_folded_and_every_read_sees_them(tmp_path: Any) -
     assert float(rows["evil.example"]["last_seen"]) >= before - 0.01
     assert "bad\\xff.example" in rows
     assert len(rows) == 2
-    # Bounded: a flood folds itself every FOLD_AT refusals, with no reader and no timer.
+    # Bounded: a flood of one Host is one held pair whatever its length; FOLD_AT distinct
+    # ones fold themselves, with no reader and no timer.
     for _ in range(FOLD_AT * 3 + 5):
         _refuse(rt, ["flood.example"])
-    assert len(rt.blocked_pending) == 5
-    assert rt.blocked.per_env["prod"].slots["flood.example"].count == FOLD_AT * 3
+    assert list(rt.blocked_pending.values()) == [FOLD_AT * 3 + 5]
+    for i in range(FOLD_AT - 1):
+        _refuse(rt, [f"h{i}.example"])
+    assert not rt.blocked_pending  # the FOLD_AT-th distinct pair folded them all
+    assert rt.blocked.per_env["prod"].slots["flood.example"].count == FOLD_AT * 3 + 5
     rt.clear_blocked("prod")  # a clear drops the held ones too
     assert rt.blocked_snapshot() == {}
     assert rt.blocked_pending is held
+
+
+def test_a_host_refused_for_two_reasons_keeps_the_last(tmp_path: Any) -> None:
+    """Held pairs are folded in the order of their last refusal, as one table add per
+    refusal would leave the slot: with the reason the Host was last refused for."""
+    rt = _runtime(tmp_path)
+    lp = rt.snapshot.listeners["main"]
+    unknown, _ = lp.decide(["x.example"], "GET", "/")
+    other = lp.refusals["sni_mismatch"]
+    for decision in (unknown, other, unknown):
+        rt.note_blocked(["x.example"], decision)
+    (row,) = rt.blocked_snapshot()["prod"]
+    assert (row["count"], row["reason"]) == (3, "unknown_host")
+    for decision in (other, unknown, other):
+        rt.note_blocked(["x.example"], decision)
+    (row,) = rt.blocked_snapshot()["prod"]
+    assert (row["count"], row["reason"]) == (6, "sni_mismatch")
 
 
 async def test_held_refusals_are_folded_on_a_timer(tmp_path: Any) -> None:

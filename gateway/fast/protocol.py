@@ -262,7 +262,7 @@ class Listener:
         # identity, held here so a request reads them without a Python attribute lookup.
         self.view = ListenerView(runtime.snapshot, runtime.snapshot.listeners[name])
         self.counters: list[int] = runtime.counters.values
-        self.blocked_pending: list[tuple[Decision, Sequence[str]]] = runtime.blocked_pending
+        self.blocked_pending: dict[tuple[Decision, str], int] = runtime.blocked_pending
         self.refusal_log = runtime.refusal_log
 
     def new_parser(self) -> Any:
@@ -723,10 +723,12 @@ class ClientConnection(asyncio.Protocol):
             # server.ListenerEngine._note_refusal, inline: the top blocked hosts
             # (Runtime.note_blocked) and the rate-limited refusal log, whose line is
             # built only when the limit lets it through (a flood does not pay for it).
-            pending = L.blocked_pending
-            pending.append((out.decision, values))
-            if len(pending) >= FOLD_AT:
-                rt.fold_blocked()
+            if len(values) == 1:
+                pending = L.blocked_pending
+                key = (out.decision, values[0])
+                pending[key] = pending.pop(key, 0) + 1
+                if len(pending) >= FOLD_AT:
+                    rt.fold_blocked()
             log = L.refusal_log
             if CLOCK() < log.empty_until:
                 log.suppressed += 1  # RefusalLog.take's flood case, inline
