@@ -102,8 +102,8 @@ class Runtime:
 
         Counted per (decision, Host) in a small map and folded into the table in batches
         (``fold_blocked``): a refusal then costs two dict operations, where the table's own
-        update cost about a tenth of the fast engine's refused path (and folding a list of
-        every refusal, held before, still about a twelfth). The map is bounded
+        update cost about a tenth of the fast engine's refused path (and holding a list of
+        every refusal for a fold, as before, about 400 instructions more). The map is bounded
         (``FOLD_AT`` pairs; a flood of one Host is one pair) and folded at least every
         ``FOLD_S`` seconds and before every read of the table, so readers see every
         refusal, and ``first_seen``/``last_seen`` are exact to ``FOLD_S``. A request with

@@ -106,7 +106,12 @@ def install() -> int:
     """Copy the build into the installed ``gateway`` package and check that it runs."""
     installed = Path(sysconfig.get_paths()["purelib"]) / "gateway"
     if not (installed / "fast" / "__init__.py").exists():
-        print(f"compile_fast: no installed gateway package in {installed.parent}", file=sys.stderr)
+        # (an editable install keeps the package in the checkout: nothing to copy there)
+        print(
+            f"compile_fast: no installed gateway package in {installed.parent} "
+            "(`pip install .` first; an editable install needs no --install)",
+            file=sys.stderr,
+        )
         return 1
     if installed.resolve() == (ROOT / "gateway").resolve():
         return 0  # an editable or in-place install: the build is already there
