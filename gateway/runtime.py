@@ -96,6 +96,10 @@ class Runtime:
         self.connections_open[listener] = open_now + 1
         return True
 
+    def release(self, listener: str) -> None:
+        """Give back a slot taken by ``admit`` (for a connection an engine never got)."""
+        self.connections_open[listener] -= 1
+
     def note_blocked(self, host_values: Sequence[str], decision: Decision) -> None:
         """A refused (or, in report mode, would-be-refused) request's Host, for the top
         blocked hosts, for both engines.

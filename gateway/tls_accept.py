@@ -11,6 +11,12 @@ when the handshake is done and hands it the TLS transport, followed by the heade
 the engine parses those and checks them against ``trusted_proxies`` as on a plain
 listener. Without a PROXY header the TLS protocol takes the connection at once.
 
+A connection takes its place under ``limits.max_connections`` when it is accepted, not when
+its handshake is done: a handshake holds the TLS layer's buffers, and connections left
+half-way through one (until the header timeout) must not escape the cap. The slot passes
+to the engine's protocol with the connection (released, then taken again by the engine's
+own ``admit``, in one step of the loop), or is released when the connection ends first.
+
 Doing the handshake here, rather than inside the server, also lets it be counted: a
 handshake the TLS layer refuses (no shared version or cipher, a malformed ClientHello,
 the client rejecting the certificate) or that does not finish within the header timeout
@@ -78,10 +84,15 @@ class _Start(asyncio.Protocol):
     def __init__(self, listener: TLSListener, header: bytes) -> None:
         self.listener = listener
         self.header = header
+        self.handed_over = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         lst = self.listener
         tls = cast(asyncio.Transport, transport)
+        # The acceptor's slot goes to the engine's protocol, whose connection_made takes
+        # it again (Runtime.admit), or refuses the connection, as on a plain listener.
+        self.handed_over = True
+        lst.runtime.release(lst.name)
         if lst.runtime.snapshot.listeners[lst.name].proxy_protocol != bool(self.header):
             # A reload turned the listener's proxy_protocol over during the handshake: the
             # engine would read this connection's first bytes the other way. Rare; the
@@ -104,10 +115,17 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         self.header = b""
         self.piece = bytearray()
         self.timer: asyncio.TimerHandle | None = None
+        self.admitted = False  # holds a slot under max_connections
+        self.start: _Start | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
         lst = self.listener
+        if not lst.runtime.admit(lst.name):
+            # Over the cap (counted as connection_limit): an RST, as on a plain listener.
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.admitted = True
+        self.transport = cast(asyncio.Transport, transport)
         snap = lst.runtime.snapshot
         if snap.listeners[lst.name].proxy_protocol:
             loop = asyncio.get_running_loop()
@@ -147,8 +165,15 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         return False  # closed before its header: nothing to answer
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Only before the TLS layer took the connection (it is its protocol since).
         self._cancel_timer()
         self.transport = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.listener.runtime.release(self.listener.name)
 
     def _header_timeout(self) -> None:
         self.timer = None
@@ -174,9 +199,10 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiter.add_done_callback(self._handshake_done)
+        self.start = _Start(lst, self.header)
         tls = _tls_protocol_class(loop)(
             loop,
-            _Start(lst, self.header),
+            self.start,
             lst.ctx,
             waiter,
             True,  # server side
@@ -189,6 +215,10 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         self.transport = None  # the TLS layer's now
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        if self.start is not None and self.start.handed_over:
+            self.admitted = False  # the engine's protocol holds the slot now
+        else:
+            self._release()  # the handshake failed, or the client left during it
         if waiter.cancelled():
             return
         exc = waiter.exception()

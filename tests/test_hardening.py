@@ -387,6 +387,9 @@ def test_failed_tls_handshakes_are_counted(upstream: Upstream, tmp_path: Path) -
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         time.sleep(0.3)
         assert refused() == 3
+        # Connections in their handshake held a slot under max_connections; every one was
+        # given back (the gauge counts open connections, handshaking ones included).
+        wait_until(lambda: metric_sum(gw.metrics(), "gateway_connections_open") == 0)
 
 
 def _v2(src: str, dst: str = "10.0.0.1") -> bytes:

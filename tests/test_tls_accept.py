@@ -22,15 +22,26 @@ HEADER = b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 443\r\n"
 
 
 class Echo(asyncio.Protocol):
-    """Answers, once a line "hello" arrives, with everything received on the connection."""
+    """Answers, once a line "hello" arrives, with everything received on the connection.
+    Takes and gives back its slot under the connection cap as the engines' protocols do."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.runtime = runtime
         self.seen = b""
         self.transport: asyncio.Transport | None = None
+        self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         self.sni = transport.get_extra_info("ssl_object") is not None
+        if not self.runtime.admit("l"):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.admitted = True
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.runtime.release("l")
 
     def data_received(self, data: bytes) -> None:
         self.seen += data
@@ -39,16 +50,33 @@ class Echo(asyncio.Protocol):
 
 
 class FakeRuntime:
-    def __init__(self, proxy_protocol: bool) -> None:
+    """What tls_accept reads of gateway.runtime.Runtime, with the same admit/release."""
+
+    def __init__(self, proxy_protocol: bool, max_connections: int = 100) -> None:
         self.snapshot = SimpleNamespace(
             listeners={"l": SimpleNamespace(proxy_protocol=proxy_protocol)},
-            config=SimpleNamespace(timeouts=SimpleNamespace(header_s=2.0)),
+            config=SimpleNamespace(
+                timeouts=SimpleNamespace(header_s=2.0),
+                limits=SimpleNamespace(max_connections=max_connections),
+            ),
         )
         self.refused: list[str] = []
+        self.connections_open = {"l": 0}
 
     def refused_connection(self, listener: str, reason: str) -> None:
         assert listener == "l"
         self.refused.append(reason)
+
+    def admit(self, listener: str) -> bool:
+        if self.connections_open[listener] >= self.snapshot.config.limits.max_connections:
+            self.refused_connection(listener, "connection_limit")
+            return False
+        self.connections_open[listener] += 1
+        return True
+
+    def release(self, listener: str) -> None:
+        self.connections_open[listener] -= 1
+        assert self.connections_open[listener] >= 0
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +115,23 @@ async def _closed(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
+async def _all_released(runtime: FakeRuntime) -> bool:
+    """Every slot taken under the cap given back, once the connections are gone."""
+    for _ in range(250):
+        if runtime.connections_open["l"] == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def _serve(
-    server_ctx: ssl.SSLContext, proxy_protocol: bool
+    server_ctx: ssl.SSLContext, proxy_protocol: bool, max_connections: int = 100
 ) -> tuple[asyncio.AbstractServer, int, FakeRuntime, list[Echo]]:
-    runtime = FakeRuntime(proxy_protocol)
+    runtime = FakeRuntime(proxy_protocol, max_connections)
     apps: list[Echo] = []
 
     def factory() -> Echo:
-        apps.append(Echo())
+        apps.append(Echo(runtime))
         return apps[-1]
 
     listener = TLSListener("l", runtime, server_ctx, factory)  # type: ignore[arg-type]
@@ -128,6 +165,7 @@ def test_handshake_then_the_application_protocol(
         srv.close()
         assert runtime.refused == ["tls_handshake"]
         assert len(apps) == 1 and apps[0].sni  # made for the completed handshake only
+        assert await _all_released(runtime)
 
     run(main())
 
@@ -180,6 +218,7 @@ def test_the_proxy_header_comes_first_in_the_clear(
         srv.close()
         assert runtime.refused == ["proxy_protocol"]
         assert len(apps) == 1
+        assert await _all_released(runtime)
 
     run(main())
 
@@ -202,5 +241,50 @@ def test_the_handshake_must_finish_within_the_header_timeout(
         srv.close()
         assert runtime.refused == ["tls_handshake"] and not apps
         assert waited >= 0.25, waited
+        assert await _all_released(runtime)
+
+    run(main())
+
+
+def test_connections_in_their_handshake_count_against_the_cap(
+    run: Callable[[Any], Any], certs: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """A slot under max_connections is taken at accept, not after the handshake: clients
+    left half-way through one cannot hold TLS buffers past the cap. The slot passes to the
+    application protocol with the connection, and every path gives it back."""
+    server_ctx, client_ctx = certs
+
+    async def main() -> None:
+        srv, port, runtime, apps = await _serve(server_ctx, False, max_connections=2)
+        stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, writer in stalled:
+            writer.write(b"\x16\x03\x01")  # a ClientHello begun, never finished
+        await asyncio.sleep(0.2)
+        assert runtime.connections_open["l"] == 2
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await _closed(reader) == b""  # over the cap: reset at once
+        writer.close()
+        assert runtime.refused == ["connection_limit"]
+        stalled[0][1].close()  # one gives up: its slot is free again
+        for _ in range(100):
+            if runtime.connections_open["l"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert runtime.connections_open["l"] == 1
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="www.acme.com"
+        )
+        writer.write(b"hello\n")
+        assert await reader.readline() == b"got hello\n"
+        assert runtime.connections_open["l"] == 2  # the slot went to the app, not twice
+        writer.close()
+        stalled[1][1].close()
+        for _ in range(200):
+            if runtime.connections_open["l"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        srv.close()
+        assert runtime.connections_open["l"] == 0
+        assert runtime.refused == ["connection_limit"] and len(apps) == 1
 
     run(main())
