@@ -3,7 +3,8 @@
 The aiohttp engine is the reference and the fast engine must behave as it does; any
 difference on the same bytes is a bug in one of them. Each case is sent, on a fresh
 connection, to a gateway of each engine (same config file, so same config sha), each in
-front of its own recording upstream that answers by path. Compared, after normalising
+front of its own recording upstream that answers by path; the whole set three times: on
+aiohttp's C parser, on its pure-Python one, and behind a TLS listener. Compared, after normalising
 what is random or a clock (request ids, Date) and the header order:
 
 - per response: status, reason, header fields, body; whether the connection was closed;
@@ -19,14 +20,18 @@ line's HTTP version for HTTP/1.0 requests are normalised away, not compared (see
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from support import Gateway, RawResponse, read_response, start_gateway
 from test_fast_engine import Conn, RawUpstream
 
@@ -131,10 +136,26 @@ class Side:
     gw: Gateway
     up: RawUpstream
     sha: bytes  # short sha of its config file (the upstream port differs per side)
+    tls: ssl.SSLContext | None = None  # the client's, when the listener terminates TLS
 
 
-# Both engines under llhttp, then both under aiohttp's pure-Python parser.
-PARSER_ENV = {"c": {}, "python": {"AIOHTTP_NO_EXTENSIONS": "1"}}
+# Both engines under llhttp, then both under aiohttp's pure-Python parser, then both
+# under llhttp behind a TLS listener (tls_accept: the same bytes, decrypted; SNI is
+# www.acme.com, so the cases for other names are refused as sni_mismatch by both).
+PARSER_ENV = {"c": {}, "python": {"AIOHTTP_NO_EXTENSIONS": "1"}, "tls": {}}
+SNI = "www.acme.com"
+
+
+def _tls_listener(tmp: Path) -> tuple[str, ssl.SSLContext]:
+    """The listener's "tls" member (as JSON) and a client context that trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert(SNI)
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return json.dumps({"cert": str(cert_path), "key": str(key_path)}), client
 
 
 @pytest.fixture(scope="module", params=list(PARSER_ENV))
@@ -142,16 +163,17 @@ def sides(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Side]]:
     tmp = tmp_path_factory.mktemp(f"diff-{request.param}")
+    tls, client = _tls_listener(tmp) if request.param == "tls" else ("null", None)
     out: dict[str, Side] = {}
     try:
         for engine in ("aiohttp", "fast"):
             up = RawUpstream(handler)
             # Same bytes for both config files: same sha, so X-Gateway-Config compares.
             path = tmp / f"{engine}.json"
-            path.write_text(CONFIG.replace("UPSTREAM", up.url))
+            path.write_text(CONFIG.replace("UPSTREAM", up.url).replace("TLS", tls))
             sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12].encode()
             gw = start_gateway(path, tmp, engine=engine, env=PARSER_ENV[request.param])
-            out[engine] = Side(engine, gw, up, sha)
+            out[engine] = Side(engine, gw, up, sha, client)
         yield out
     finally:
         for side in out.values():
@@ -166,7 +188,8 @@ CONFIG = """{
     "upstreams": ["UPSTREAM"], "limits": {"max_body_bytes": 1000}
   }],
   "listeners": [{"name": "public", "bind": "127.0.0.1:0", "environments": ["production"],
-                 "default_environment": "production", "health_path": "/.health"}],
+                 "default_environment": "production", "health_path": "/.health",
+                 "tls": TLS}],
   "expose_config_version": true
 }
 """
@@ -197,7 +220,8 @@ def normalise(r: RawResponse, sha: bytes) -> tuple[Any, ...]:
 def exchange(side: Side, data: bytes, count: int, head: bool | tuple[bool, ...]) -> Seen:
     seen = Seen()
     before = len(side.up.requests)
-    with socket.create_connection(("127.0.0.1", side.gw.port()), timeout=5) as s:
+    raw = socket.create_connection(("127.0.0.1", side.gw.port()), timeout=5)
+    with side.tls.wrap_socket(raw, server_hostname=SNI) if side.tls else raw as s:
         s.sendall(data)
         buf = bytearray()
         for i in range(count):
@@ -476,3 +500,22 @@ def test_response_fields_named_by_connection_are_dropped(sides: dict[str, Side])
         assert status == 200, engine
         assert "x-keep" in names, engine
         assert not names & {"x-hop", "x-other", "connection"}, (engine, names)
+
+
+def test_the_tls_sides_run_over_tls(request: pytest.FixtureRequest, sides: dict[str, Side]) -> None:
+    """The "tls" sides really compare the engines behind the TLS acceptor: the upstream is
+    told the client's scheme, and a client not speaking TLS gets no HTTP answer."""
+    tls = request.node.callspec.params["sides"] == "tls"
+    got = run(sides, Case("scheme", req(b"GET /scheme HTTP/1.1", H, CLOSE)))
+    for engine, seen in got.items():
+        (head, _), *_ = seen.upstream
+        proto = b"https" if tls else b"http"
+        assert b"\r\nX-Forwarded-Proto: " + proto + b"\r\n" in head, (engine, head)
+        if tls:
+            with socket.create_connection(("127.0.0.1", sides[engine].gw.port()), timeout=5) as s:
+                s.sendall(req(b"GET / HTTP/1.1", H, CLOSE))
+                try:
+                    answer = s.recv(65536)
+                except ConnectionResetError:
+                    answer = b""
+                assert not answer.startswith(b"HTTP/"), (engine, answer[:80])
