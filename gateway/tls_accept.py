@@ -81,19 +81,18 @@ class _Start(asyncio.Protocol):
     engine's protocol, gives it the TLS transport and the PROXY header's bytes, and steps
     aside (the TLS layer calls the engine's protocol directly from then on)."""
 
-    def __init__(self, listener: TLSListener, header: bytes) -> None:
-        self.listener = listener
-        self.header = header
-        self.handed_over = False
+    def __init__(self, acceptor: TLSAcceptor) -> None:
+        self.acceptor = acceptor
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        lst = self.listener
+        acceptor = self.acceptor
+        lst = acceptor.listener
+        header = acceptor.header
         tls = cast(asyncio.Transport, transport)
         # The acceptor's slot goes to the engine's protocol, whose connection_made takes
         # it again (Runtime.admit), or refuses the connection, as on a plain listener.
-        self.handed_over = True
-        lst.runtime.release(lst.name)
-        if lst.runtime.snapshot.listeners[lst.name].proxy_protocol != bool(self.header):
+        acceptor.release()
+        if lst.runtime.snapshot.listeners[lst.name].proxy_protocol != bool(header):
             # A reload turned the listener's proxy_protocol over during the handshake: the
             # engine would read this connection's first bytes the other way. Rare; the
             # client reconnects.
@@ -102,8 +101,8 @@ class _Start(asyncio.Protocol):
         app = lst.app_factory()
         tls.set_protocol(app)
         app.connection_made(tls)
-        if self.header and not tls.is_closing():  # (closing: refused by the connection cap)
-            cast(asyncio.Protocol, app).data_received(self.header)
+        if header and not tls.is_closing():  # (closing: refused by the connection cap)
+            cast(asyncio.Protocol, app).data_received(header)
 
 
 class TLSAcceptor(asyncio.BufferedProtocol):
@@ -116,7 +115,6 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         self.piece = bytearray()
         self.timer: asyncio.TimerHandle | None = None
         self.admitted = False  # holds a slot under max_connections
-        self.start: _Start | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         lst = self.listener
@@ -168,9 +166,12 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         # Only before the TLS layer took the connection (it is its protocol since).
         self._cancel_timer()
         self.transport = None
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give back the slot under max_connections, once, whoever asks first: the
+        handshake's end hands it to the engine's protocol (_Start), every other end
+        returns it."""
         if self.admitted:
             self.admitted = False
             self.listener.runtime.release(self.listener.name)
@@ -199,10 +200,9 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiter.add_done_callback(self._handshake_done)
-        self.start = _Start(lst, self.header)
         tls = _tls_protocol_class(loop)(
             loop,
-            self.start,
+            _Start(self),
             lst.ctx,
             waiter,
             True,  # server side
@@ -215,10 +215,7 @@ class TLSAcceptor(asyncio.BufferedProtocol):
         self.transport = None  # the TLS layer's now
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
-        if self.start is not None and self.start.handed_over:
-            self.admitted = False  # the engine's protocol holds the slot now
-        else:
-            self._release()  # the handshake failed, or the client left during it
+        self.release()  # the handshake failed or the client left (else _Start did already)
         if waiter.cancelled():
             return
         exc = waiter.exception()
