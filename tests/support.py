@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -344,3 +345,61 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    """Whatever the server sends (a TLS alert, say) until it closes or resets."""
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def tls_exchange(
+    port: int, ctx: ssl.SSLContext, sni: str, prefix: bytes, request: bytes, split: bool = False
+) -> bytes:
+    """A TLS client over memory BIOs, so that the bytes on the wire are chosen exactly:
+    ``prefix`` (a PROXY header) and the ClientHello go out in one send, as a balancer that
+    prepends its header to the client's first segment sends them, and the request goes
+    out with the client's last handshake flight (TLS 1.3 clients do that). ``split``: the
+    prefix alone first, then the ClientHello in a segment of its own. Returns every byte of
+    the answer, up to the server's close."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        if split:
+            sock.sendall(prefix)
+            time.sleep(0.05)
+        first = not split
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flight = outgoing.read()
+                if flight:
+                    sock.sendall((prefix if first else b"") + flight)
+                    first = False
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake") from None
+                incoming.write(data)
+        obj.write(request)
+        sock.sendall(outgoing.read())
+        answer = b""
+        while True:
+            try:
+                got = obj.read(65536)
+                if not got:
+                    return answer  # the server's close_notify
+                answer += got
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    return answer
+                incoming.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return answer

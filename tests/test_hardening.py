@@ -26,6 +26,8 @@ from support import (
     read_response,
     running_gateway,
     start_gateway,
+    tls_exchange,
+    until_closed,
     wait_until,
 )
 
@@ -238,58 +240,6 @@ def _tls_files(tmp_path: Path, *names: str) -> tuple[trustme.CA, dict[str, str]]
     return ca, {"cert": str(cert_path), "key": str(key_path)}
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    """Whatever the server sends (a TLS alert, say) until it closes or resets."""
-    got = b""
-    try:
-        while data := sock.recv(65536):
-            got += data
-    except ConnectionResetError:
-        pass
-    return got
-
-
-def _tls_exchange(port: int, ctx: ssl.SSLContext, sni: str, prefix: bytes, request: bytes) -> bytes:
-    """A TLS client over memory BIOs, so that the bytes on the wire are chosen exactly:
-    ``prefix`` (a PROXY header) and the ClientHello go out in one send, as a balancer that
-    prepends its header to the client's first segment sends them, and the request goes
-    out with the client's last handshake flight (TLS 1.3 clients do that). Returns every
-    byte of the answer, up to the server's close."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        first = True
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                flight = outgoing.read()
-                if flight:
-                    sock.sendall((prefix if first else b"") + flight)
-                    first = False
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed during the handshake") from None
-                incoming.write(data)
-        obj.write(request)
-        sock.sendall(outgoing.read())
-        answer = b""
-        while True:
-            try:
-                got = obj.read(65536)
-                if not got:
-                    return answer  # the server's close_notify
-                answer += got
-            except ssl.SSLWantReadError:
-                data = sock.recv(65536)
-                if not data:
-                    return answer
-                incoming.write(data)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return answer
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_tls_listener_behind_a_proxy_protocol_balancer(
     upstream: Upstream, tmp_path: Path, version: str
@@ -315,7 +265,7 @@ def test_tls_listener_behind_a_proxy_protocol_balancer(
         client_ctx = ssl.create_default_context()
         ca.configure_trust(client_ctx)
         request = b"GET /x HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
-        answer = _tls_exchange(gw.port(), client_ctx, "www.acme.com", header, request)
+        answer = tls_exchange(gw.port(), client_ctx, "www.acme.com", header, request)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), answer[:300]
         seen = dict(map(tuple, json.loads(body)["headers"]))
@@ -323,17 +273,17 @@ def test_tls_listener_behind_a_proxy_protocol_balancer(
         assert seen["X-Forwarded-Proto"] == "https"
         # Refused by Host as on any listener.
         refused = request.replace(b"www.acme.com", b"evil.example")
-        answer = _tls_exchange(gw.port(), client_ctx, "evil.example", header, refused)
+        answer = tls_exchange(gw.port(), client_ctx, "evil.example", header, refused)
         assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
         # No header, or a bad one, before the handshake: closed, counted as on plain ones.
         with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
-            _tls_exchange(gw.port(), client_ctx, "www.acme.com", b"", request)
+            tls_exchange(gw.port(), client_ctx, "www.acme.com", b"", request)
         with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
-            _tls_exchange(gw.port(), client_ctx, "www.acme.com", b"PROXY TCP4 1.2.3 x\r\n", request)
+            tls_exchange(gw.port(), client_ctx, "www.acme.com", b"PROXY TCP4 1.2.3 x\r\n", request)
         # Half a header, then silence: the header deadline, as on a plain listener.
         with socket.create_connection(("127.0.0.1", gw.port()), timeout=10) as s:
             s.sendall(header[:10])
-            _until_closed(s)
+            until_closed(s)
         m = gw.metrics()
         assert metric_sum(m, "gateway_connections_refused_total", reason="proxy_protocol") == 2
         assert metric_sum(m, "gateway_connections_refused_total", reason="header_timeout") == 1
@@ -360,7 +310,7 @@ def test_failed_tls_handshakes_are_counted(upstream: Upstream, tmp_path: Path) -
         # Plain HTTP to the TLS port.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: www.acme.com\r\n\r\n")
-            _until_closed(s)
+            until_closed(s)
         wait_until(lambda: refused() == 1)
         # A client that does not trust the certificate: it aborts with an alert.
         untrusting = ssl.create_default_context()
@@ -375,7 +325,7 @@ def test_failed_tls_handshakes_are_counted(upstream: Upstream, tmp_path: Path) -
         # Silent past the header timeout (1 s here): cut, counted.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             start = time.monotonic()
-            _until_closed(s)
+            until_closed(s)
             waited = time.monotonic() - start
         assert waited >= 0.9, waited
         wait_until(lambda: refused() == 3)
@@ -383,7 +333,7 @@ def test_failed_tls_handshakes_are_counted(upstream: Upstream, tmp_path: Path) -
         client_ctx = ssl.create_default_context()
         ca.configure_trust(client_ctx)
         request = b"GET / HTTP/1.1\r\nHost: www.acme.com\r\nConnection: close\r\n\r\n"
-        answer = _tls_exchange(port, client_ctx, "www.acme.com", b"", request)
+        answer = tls_exchange(port, client_ctx, "www.acme.com", b"", request)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         time.sleep(0.3)
         assert refused() == 3

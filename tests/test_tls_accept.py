@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trustme
 import uvloop
+from support import tls_exchange
 
 from gateway.tls_accept import TLSListener
 
@@ -22,7 +23,8 @@ HEADER = b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 443\r\n"
 
 
 class Echo(asyncio.Protocol):
-    """Answers, once a line "hello" arrives, with everything received on the connection.
+    """Answers, once a line "hello" arrives, with everything received on the connection,
+    and closes.
     Takes and gives back its slot under the connection cap as the engines' protocols do."""
 
     def __init__(self, runtime: FakeRuntime) -> None:
@@ -47,6 +49,7 @@ class Echo(asyncio.Protocol):
         self.seen += data
         if self.seen.endswith(b"hello\n") and self.transport is not None:
             self.transport.write(b"got " + self.seen)
+            self.transport.close()
 
 
 class FakeRuntime:
@@ -181,34 +184,10 @@ def test_the_proxy_header_comes_first_in_the_clear(
 
     async def main() -> None:
         srv, port, runtime, apps = await _serve(server_ctx, proxy_protocol=True)
-        raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", port)
-        if split:
-            raw_writer.write(HEADER)
-            await raw_writer.drain()
-            await asyncio.sleep(0.05)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = client_ctx.wrap_bio(incoming, outgoing, server_hostname="www.acme.com")
-        first = not split
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                flight = outgoing.read()
-                if flight:
-                    raw_writer.write((HEADER if first else b"") + flight)
-                    first = False
-                incoming.write(await raw_reader.read(65536))
-        obj.write(b"hello\n")
-        raw_writer.write(outgoing.read())
-        answer = b""
-        while not answer.endswith(b"\n"):
-            try:
-                answer += obj.read(65536)
-            except ssl.SSLWantReadError:
-                incoming.write(await raw_reader.read(65536))
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, tls_exchange, port, client_ctx, "www.acme.com", HEADER, b"hello\n", split
+        )
         assert answer == b"got " + HEADER + b"hello\n"
-        raw_writer.close()
         # A bad header: closed before any TLS, counted as the PROXY protocol's.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"\x16\x03\x01\x02\x00" + b"\x00" * 40)
