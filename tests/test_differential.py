@@ -217,19 +217,38 @@ def normalise(r: RawResponse, sha: bytes) -> tuple[Any, ...]:
     return (r.status, r.reason, tuple(sorted(headers)), RID.sub(b"<rid>", r.body))
 
 
-def exchange(side: Side, data: bytes, count: int, head: bool | tuple[bool, ...]) -> Seen:
+def exchange(
+    side: Side,
+    data: bytes | tuple[bytes, ...],
+    count: int | tuple[int, ...],
+    head: bool | tuple[bool, ...],
+) -> Seen:
+    """``data`` in one write, and ``count`` responses read; or, as tuples, each write
+    followed by reading its count of responses (a write answered by none is given 50 ms
+    to arrive alone), so the gateway sees each write as a read of its own."""
     seen = Seen()
     before = len(side.up.requests)
+    writes = data if type(data) is tuple else (data,)
+    counts = count if type(count) is tuple else (count,)
+    assert len(writes) == len(counts)
     raw = socket.create_connection(("127.0.0.1", side.gw.port()), timeout=5)
     with side.tls.wrap_socket(raw, server_hostname=SNI) if side.tls else raw as s:
-        s.sendall(data)
         buf = bytearray()
-        for i in range(count):
+        i = 0
+        for piece, n in zip(writes, counts, strict=True):
             try:
-                r = read_response(s, buf, head_request=head[i] if type(head) is tuple else head)
-            except (ConnectionError, OSError):
+                s.sendall(piece)
+            except OSError:  # closed by the gateway: as seen.closed says
                 break
-            seen.responses.append(normalise(r, side.sha))
+            if not n:
+                time.sleep(0.05)
+            for _ in range(n):
+                try:
+                    r = read_response(s, buf, head_request=head[i] if type(head) is tuple else head)
+                except (ConnectionError, OSError):
+                    break
+                seen.responses.append(normalise(r, side.sha))
+                i += 1
         # Long enough for aiohttp's lingering close (2 s); cases that keep the
         # connection open are few, and end with a closing request where they can.
         s.settimeout(3.0 if not buf else 0.05)
@@ -248,8 +267,8 @@ def exchange(side: Side, data: bytes, count: int, head: bool | tuple[bool, ...])
 @dataclass(frozen=True)
 class Case:
     name: str
-    data: bytes
-    count: int = 1
+    data: bytes | tuple[bytes, ...]  # a tuple: separate writes (exchange)
+    count: int | tuple[int, ...] = 1
     head: bool | tuple[bool, ...] = False  # per response, when a tuple
     known: str | None = None  # "<engine considered wrong>: why"
     python_only: bool = False  # the difference shows under the pure-Python parser only
@@ -422,6 +441,120 @@ CASES = [
         head=(True, False),
     ),
     Case("non-ascii-header-value", req(b"GET / HTTP/1.1", H, "X-Name: é".encode(), CLOSE)),
+    # Requests in reads of their own on one kept-alive connection: the fast engine parses
+    # a whole bodyless kept-alive head in a read with gateway.fast.bodyless when aiohttp's
+    # parser stands between messages, and leaves it everything else.
+    Case(
+        "reads-kept-alive",
+        (
+            req(b"GET /1 HTTP/1.1", H),
+            req(b"GET /2 HTTP/1.1", b"Host: evil.example"),
+            req(b"HEAD /head HTTP/1.1", b"host: WWW.ACME.COM", b"User-Agent: t"),
+            req(b"GET /.health HTTP/1.1", b"Host: 10.0.0.1"),
+            req(b"DELETE /4 HTTP/1.1", H, b"Accept: a", b"Accept: b", b"X_Under: 1"),
+            req(b"GET /5 HTTP/1.1", H, b"Connection: keep-alive, X-Drop", b"X-Drop: 1"),
+            req(b"GET /6 HTTP/1.1", H, b"X-Forwarded-For: 6.6.6.6", b"Expect: 100-continue"),
+            req(b"GET /7 HTTP/1.1", H, b"Upgrade: websocket", b"X-Trail: a \t"),
+            req(b"GET /8 HTTP/1.1", H, CLOSE),
+        ),
+        (1,) * 9,
+        head=(False, False, True, False, False, False, False, False, False),
+    ),
+    Case(
+        "reads-http10-kept-alive",
+        (
+            req(b"GET /1 HTTP/1.0", H, b"Connection: keep-alive"),
+            req(b"GET /2 HTTP/1.0", b"Connection: keep-alive"),
+            req(b"GET /3 HTTP/1.0", H),
+        ),
+        (1, 1, 1),
+    ),
+    Case(
+        "reads-body-then-get",
+        (
+            req(b"POST /p HTTP/1.1", H, b"Content-Length: 5", body=b"hello"),
+            req(b"GET /after-body HTTP/1.1", H),
+            req(b"GET /next HTTP/1.1", H, CLOSE),
+        ),
+        (1, 1, 1),
+    ),
+    Case(
+        # A body that looks like a request, in a read of its own ending in CRLF CRLF: it
+        # is body, never a request.
+        "reads-body-like-a-request",
+        (
+            req(b"POST /p HTTP/1.1", H, b"Content-Length: 46"),
+            req(b"GET /smuggled HTTP/1.1", b"Host: www.acme.com"),
+            req(b"GET /next HTTP/1.1", H, CLOSE),
+        ),
+        (0, 1, 1),
+    ),
+    Case(
+        "reads-refused-body-like-a-request",
+        (
+            req(b"POST /p HTTP/1.1", b"Host: evil.example", b"Content-Length: 46"),
+            req(b"GET /smuggled HTTP/1.1", b"Host: www.acme.com"),
+            req(b"GET /next HTTP/1.1", H, CLOSE),
+        ),
+        (1, 0, 1),
+    ),
+    Case(
+        "reads-chunked-body-like-a-request",
+        (
+            req(b"POST /p HTTP/1.1", H, b"Transfer-Encoding: chunked"),
+            b"2e\r\n" + req(b"GET /smuggled HTTP/1.1", b"Host: www.acme.com"),
+            b"\r\n0\r\n\r\n",
+            req(b"GET /next HTTP/1.1", H, CLOSE),
+        ),
+        (0, 0, 1, 1),
+    ),
+    Case(
+        "reads-split-head",
+        (
+            b"GET /split HTTP/1.1\r\nHo",
+            b"st: www.acme.com\r\n\r\n",
+            req(b"GET /whole HTTP/1.1", H),
+            b"GET /split2 HTTP/1.1\r\nHost: www.acme.com\r\n",
+            b"\r\n",
+            req(b"GET /last HTTP/1.1", H, CLOSE),
+        ),
+        (0, 1, 1, 0, 1, 1),
+    ),
+    Case(
+        "reads-pipelined-then-one",
+        (
+            req(b"GET /1 HTTP/1.1", H) + req(b"GET /2 HTTP/1.1", b"Host: evil.example"),
+            req(b"GET /3 HTTP/1.1", H),
+            req(b"GET /4 HTTP/1.1", H, CLOSE),
+        ),
+        (2, 1, 1),
+    ),
+    Case(
+        "reads-then-close-then-more",
+        (req(b"GET /1 HTTP/1.1", H), req(b"GET /2 HTTP/1.1", H, CLOSE), req(b"GET /3 HTTP/1.1", H)),
+        (1, 1, 0),
+    ),
+    *(
+        Case(f"reads-then-{name}", (req(b"GET /1 HTTP/1.1", H), bad), (1, 1))
+        for name, bad in (
+            ("duplicate-host", req(b"GET /2 HTTP/1.1", H, H)),
+            (
+                "duplicate-user-agent",
+                req(b"GET /2 HTTP/1.1", H, b"User-Agent: a", b"user-agent: b"),
+            ),
+            ("missing-host", req(b"GET /2 HTTP/1.1", b"X: y")),
+            ("bad-header-line", req(b"GET /2 HTTP/1.1", H, b"Bad Header")),
+            ("nul", req(b"GET /2 HTTP/1.1", H, b"X: a\x00b")),
+            ("leading-crlf", b"\r\n" + req(b"GET /2 HTTP/1.1", H, CLOSE)),
+            ("absolute-form", req(b"GET http://www.acme.com/2 HTTP/1.1", H, CLOSE)),
+            ("http2-version", req(b"GET /2 HTTP/2.0", H)),
+            ("ws-key1", req(b"GET /2 HTTP/1.1", H, b"Sec-WebSocket-Key1: x")),
+            ("long-field", req(b"GET /2 HTTP/1.1", H, b"X-Long: " + b"v" * 8200)),
+            ("many-fields", req(b"GET /2 HTTP/1.1", H, *[b"X-F: 1"] * 129)),
+            ("long-target", req(b"GET /" + b"a" * 8200 + b" HTTP/1.1", H)),
+            ("tls-hello", b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03\r\n\r\n"),
+        )
+    ),
     # Known differences: each with the engine considered wrong, and why; the case xfails
     # strictly until it is fixed. (Four listed while issue 8 was written were fixed in
     # the aiohttp engine by 32c567d.)

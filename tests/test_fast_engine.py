@@ -1186,3 +1186,90 @@ def test_make_compile_rebuilds_for_another_compiler(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.delenv("GATEWAY_NO_EXTENSIONS", raising=False)
     assert fast.engine_class()[1] == "compiled"
+
+
+class _NoAiohttpParser:
+    """Stands in for a connection's aiohttp parser: being fed is a failure of the test."""
+
+    def feed_data(self, data: bytes) -> Any:
+        raise AssertionError(f"aiohttp's parser was fed {data!r}")
+
+
+def test_the_common_read_skips_aiohttps_parser_only_between_messages(fast_pkg: Any) -> None:
+    """A whole bodyless kept-alive head goes to bodyless.BodylessParser when the
+    connection's aiohttp parser stands between messages, and to aiohttp's parser in every
+    other state: after a head without its body, mid-body (a body that looks like a
+    request), and after a head cut in two."""
+    import asyncio
+    import json
+
+    import uvloop
+
+    from bench.inprocess import CONFIG, FakeTransport
+    from gateway.config import load_bytes
+    from gateway.runtime import Runtime
+
+    get = b"GET / HTTP/1.1\r\nHost: blocked.example\r\n\r\n"
+    post = b"POST / HTTP/1.1\r\nHost: blocked.example\r\nContent-Length: %d\r\n\r\n" % len(get)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
+        engine = fast_pkg("engine").FastEngine(runtime)
+        engine.forwarder.start(loop)
+        Listener, ClientConnection = (
+            fast_pkg("protocol").Listener,
+            fast_pkg("protocol").ClientConnection,
+        )
+        listener = Listener(
+            "bench", runtime, engine.forwarder, None, engine._ids, engine._date, loop
+        )
+        # The compiled build parses the common read itself; the interpreted one leaves
+        # every read to aiohttp's parser (slower there), and is made to here.
+        compiled = fast_pkg("protocol").__name__.startswith("gateway.fast_c.")
+        assert (listener.bodyless is not None) == compiled
+        if not compiled:
+            listener.bodyless = fast_pkg("bodyless").BodylessParser(8190, 8190, 128)
+        client = ClientConnection(listener)
+        transport = FakeTransport()
+        client.connection_made(transport)
+
+        def answer(data: bytes) -> bytes:
+            transport.last = b""
+            client.data_received(data)
+            return transport.last
+
+        try:
+            # Between messages: aiohttp's parser is never made.
+            assert answer(get).startswith(b"HTTP/1.1 503 ")
+            assert answer(get).startswith(b"HTTP/1.1 503 ")
+            assert client.parser is None and client.boundary
+            # A head with a body pending: aiohttp's; then its body, which looks like a
+            # request and ends with CRLF CRLF, is body, not a request (no second answer).
+            assert answer(post).startswith(b"HTTP/1.1 503 ")
+            assert client.parser is not None and not client.boundary
+            assert answer(get) == b""
+            assert not client.boundary
+            # The next whole head still goes to aiohttp's parser, which then stands
+            # between messages again; and the one after it does not.
+            assert answer(get).startswith(b"HTTP/1.1 503 ")
+            assert client.boundary
+            client.parser = _NoAiohttpParser()
+            assert answer(get).startswith(b"HTTP/1.1 503 ")
+            # A head cut in two: both halves to aiohttp's parser.
+            client.parser = listener.new_parser()
+            assert answer(get[:20]) == b""
+            assert not client.boundary
+            assert answer(get[20:]).startswith(b"HTTP/1.1 503 ")
+            assert client.boundary
+            # Connection: close is aiohttp's to parse, and ends the connection.
+            client.parser = None
+            assert answer(get[:-2] + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+            assert client.parser is not None and not client.boundary
+            assert transport.closing
+        finally:
+            engine.forwarder.close()
+            engine._date.stop()
+
+    uvloop.run(run())
+    asyncio.set_event_loop_policy(None)

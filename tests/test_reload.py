@@ -309,7 +309,8 @@ def test_listener_change_needs_a_restart(upstream: Upstream, tmp_path: Path) -> 
         cfg["environments"][0]["secure_endpoints"] = ["b.example"]
         write_atomic(path, json.dumps(cfg).encode())
         wait_until(lambda: reload_metrics(gw)[1] == 1, 15)
-        assert "restart required" in gw.proc.output()
+        # (the failure is counted just before it is logged: poll for the line too)
+        wait_until(lambda: "restart required" in gw.proc.output(), 15)
         assert get(gw.port(), "a.example").status == 200
         assert get(gw.port(), "b.example").status == 503
     finally:

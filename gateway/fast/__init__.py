@@ -51,7 +51,7 @@ __all__ = ["FastEngine", "built_digest", "engine_class", "source_digest"]
 
 log = logging.getLogger("gateway")
 
-MODULES = ("chunked", "engine", "headers", "prebuilt", "protocol", "upstream", "view")
+MODULES = ("bodyless", "chunked", "engine", "headers", "prebuilt", "protocol", "upstream", "view")
 COMPILED_PACKAGE = "gateway.fast_c"
 
 

@@ -35,6 +35,7 @@ from typing import Any, Final, cast
 
 from aiohttp import hdrs  # istr names: a multidict lookup without lowercasing the key
 from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_writer import HttpVersion11 as _HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD as _EMPTY_PAYLOAD
 from httptools import HttpParserCallbackError, HttpParserUpgrade
 
@@ -46,6 +47,7 @@ from gateway.runtime import FOLD_AT, Runtime, logged_fields
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 from . import prebuilt
+from .bodyless import BodylessParser
 from .chunked import ChunkedFraming
 from .headers import METHOD_SP, drop_listed, request_head
 from .prebuilt import (
@@ -74,9 +76,13 @@ log = logging.getLogger("gateway.fast")
 # an imported name is a dict lookup in the module's globals at every use.
 HOST: Final = hdrs.HOST
 EMPTY_PAYLOAD: Final = _EMPTY_PAYLOAD
+HTTP11: Final = _HttpVersion11
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
 # framing; with it, chunked bodies are checked by chunked.ChunkedFraming first.
 PYTHON_PARSER: Final = HttpRequestParser.__module__ == "aiohttp.http_parser"
+# This module as the compiled build runs it (gateway/fast/__init__.py: the build is the
+# package gateway.fast_c, which holds no sources).
+COMPILED: Final = __name__.startswith("gateway.fast_c.")
 
 # Methods after which aiohttp's client sends no "Content-Length: 0" for an empty body.
 GET_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -250,6 +256,15 @@ class Listener:
         # Fixed at start, as the aiohttp engine fixes them for its web.Server.
         self.max_line = limits.max_header_bytes
         self.max_headers = limits.max_headers
+        # The common request's parse (bodyless.py), shared by the listener's connections.
+        # Compiled only: interpreted, its callbacks cost more than aiohttp's C parser saves
+        # (43,654 instructions a refusal against 37,298, bench/RESULTS.md). Not beside
+        # aiohttp's pure-Python parser, whose acceptance is its own.
+        self.bodyless: BodylessParser | None = (
+            BodylessParser(self.max_line, self.max_line, self.max_headers)
+            if COMPILED and not PYTHON_PARSER
+            else None
+        )
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -332,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         "_framing",
         "_linger",
         "accepted",
+        "boundary",
         "client_addr",
         "closing",
         "current",
@@ -362,6 +378,10 @@ class ClientConnection(asyncio.Protocol):
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
         self.parser: Any = None
+        # aiohttp's parser stands between two messages (it has been fed nothing, or its
+        # last read ended with a whole bodyless kept-alive request): a read may then go to
+        # the listener's BodylessParser instead, and aiohttp's parser never knows.
+        self.boundary = True
         # Requests waiting their turn; made on first use (an empty deque is ~600 bytes,
         # and most connections never pipeline).
         self.queue: deque[tuple[Any, Any] | ParseFailure] = NO_QUEUE
@@ -469,8 +489,6 @@ class ClientConnection(asyncio.Protocol):
                 data = self._proxy_header(data)
                 if not data:
                     return
-            if self.parser is None:
-                self.parser = self.L.new_parser()
             tunnel = self.tunnel
             if tunnel is not None:
                 tunnel.client_data(data)
@@ -489,13 +507,27 @@ class ClientConnection(asyncio.Protocol):
             if not data.partition(HEADER_SEP)[2] and not PYTHON_PARSER:
                 # At most one header block, at the end: one feed (_parse, inline).
                 exc: BaseException | None = None
-                try:
-                    # Typed as a tuple: the compiled build then unpacks it in C, not
-                    # through Python's iterator protocol.
-                    fed: tuple[Any, Any, Any] = self.parser.feed_data(data)
-                    messages, upgraded, tail = fed
-                except Exception as error:
-                    messages, upgraded, tail, exc = (), False, b"", error
+                bodyless = self.L.bodyless
+                head = (
+                    bodyless.parse(data)
+                    if self.boundary and bodyless is not None and data[-4:] == HEADER_SEP
+                    else None
+                )
+                messages: Any
+                if head is not None:
+                    messages, upgraded, tail = [(head, EMPTY_PAYLOAD)], False, b""
+                else:
+                    parser = self.parser
+                    if parser is None:
+                        parser = self.parser = self.L.new_parser()
+                    try:
+                        # Typed as a tuple: the compiled build then unpacks it in C, not
+                        # through Python's iterator protocol.
+                        fed: tuple[Any, Any, Any] = parser.feed_data(data)
+                        messages, upgraded, tail = fed
+                    except Exception as error:
+                        messages, upgraded, tail, exc = (), False, b"", error
+                    self.boundary = exc is None and self._ends_between(data, messages, upgraded)
             else:
                 messages, exc, upgraded, tail = self._parse(data)
             if self.discarding is not None:
@@ -554,29 +586,49 @@ class ClientConnection(asyncio.Protocol):
         bad one is still answered (aiohttp's feed_data drops the whole read's messages
         when it raises). The common read, one request ending in CRLFCRLF, is one feed.
         """
+        if self.parser is None:
+            self.parser = self.L.new_parser()
         if PYTHON_PARSER:
             return self._parse_checked(data)
         parser = self.parser
         end = data.find(HEADER_SEP)
         out: list[Any] = []
+        self.boundary = False
         try:
             if end < 0 or end + 4 >= len(data):
                 messages, upgraded, tail = parser.feed_data(data)
+                self.boundary = self._ends_between(data, messages, upgraded)
                 # (a list: aiohttp's parser answers an empty read with a tuple)
                 return list(messages), None, upgraded, tail
             start = 0
             size = len(data)
             while start < size:
                 stop = end + 4 if end >= 0 else size
-                messages, upgraded, tail = parser.feed_data(data[start:stop])
+                piece = data[start:stop]
+                messages, upgraded, tail = parser.feed_data(piece)
                 out.extend(messages)
                 if upgraded:
                     return out, None, True, tail + data[stop:]
+                self.boundary = self._ends_between(piece, messages, upgraded)
                 start = stop
                 end = data.find(HEADER_SEP, start)
             return out, None, False, b""
         except Exception as exc:  # anything the parser raises refuses the request
+            self.boundary = False
             return out, exc, False, b""
+
+    @staticmethod
+    def _ends_between(data: bytes, messages: Any, upgraded: bool) -> bool:
+        """Whether aiohttp's parser, having just been fed ``data`` (which holds at most one
+        CRLF CRLF, at its end, or none) and made ``messages`` of it, stands between two
+        messages: the last one, a kept-alive request with no body, ended with the read
+        (no body, so its head ended at that CRLF CRLF, the only one). Anything else,
+        including a body that happens to end with the read, counts as not: the next
+        read goes to aiohttp's parser, which costs time, never correctness."""
+        if upgraded or not messages or data[-4:] != HEADER_SEP:
+            return False
+        msg, payload = messages[-1]
+        return payload is EMPTY_PAYLOAD and not msg.should_close and not msg.upgrade
 
     def _parse_checked(self, data: bytes) -> tuple[list[Any], BaseException | None, bool, bytes]:
         """``_parse`` for the pure-Python parser: header block by header block always, and
@@ -694,8 +746,11 @@ class ClientConnection(asyncio.Protocol):
         values: Sequence[str] = msg.headers.getall(HOST, ())
         major: int = version.major
         if major > 1:
-            # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too.
+            # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too. Answered
+            # as HTTP/1.1 (aiohttp's writer adds no Connection field for a version other
+            # than 1.0; llhttp makes it close, aiohttp's Python parser keeps it alive).
             out, forward_host = view.version_refusal, ""
+            version = HTTP11
         elif target[:1] == "/" and method != "CONNECT" and "#" not in target:
             # ListenerPolicy.decide for an origin-form target without a fragment, not
             # CONNECT: exactly its decide_host(value), one call less on the hot path.

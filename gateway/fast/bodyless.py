@@ -1,0 +1,248 @@
+"""The common request, parsed without aiohttp's message machinery; every other request is
+left to aiohttp's parser.
+
+Most requests a gateway sees are a whole head with no body, on a keep-alive connection:
+``GET /path HTTP/1.1``, a Host and a few fields, CRLF CRLF, in one read. For those,
+aiohttp's ``HttpRequestParser`` builds a ``CIMultiDict``, its proxy, a yarl ``URL`` and a
+``RawRequestMessage``: about half of a refusal's instructions (bench/RESULTS.md, "What the
+request parser costs"). ``BodylessParser`` parses such a head with the same llhttp, through
+httptools' callbacks, makes the checks aiohttp's parser makes on top of llhttp, and builds
+only what the engine reads (``BodylessHead``).
+
+It declines, and the engine feeds the same bytes to aiohttp's parser as before, whenever
+the request is anything but that common case: a body or any framing field
+(``Content-Length``, ``Transfer-Encoding``), an upgrade or CONNECT, a request-target that is
+not origin-form, HTTP other than 1.0 and 1.1, a connection that is not kept alive, a field
+or line over the limits, a NUL, a duplicated singleton field, a missing Host in HTTP/1.1,
+aiohttp's refused ``Sec-WebSocket-Key1``, anything llhttp refuses, or a head that does not
+end exactly at the end of the read. So every request that carries a body, where request
+smuggling is decided, and every error and its 400 remain aiohttp's parser's; what this
+module answers is a request both parsers accept, with the same fields (``tests/
+test_bodyless.py`` holds the two to the same messages with Hypothesis).
+
+The engine only offers a read here when its aiohttp parser stands between two messages
+(``ClientConnection.boundary``), so declining loses nothing: aiohttp's parser gets the
+read exactly as it would have. One ``BodylessParser`` serves every connection of a
+listener: a read is parsed whole within one call, and after an accepted head llhttp is
+back between messages; after a declined one it is replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import httptools
+from aiohttp import hdrs
+from aiohttp.http_writer import HttpVersion10, HttpVersion11
+
+HOST: Final = hdrs.HOST
+VERSIONS: Final[dict[bytes, Any]] = {b"HTTP/1.1": HttpVersion11, b"HTTP/1.0": HttpVersion10}
+METHODS: Final = {
+    m.encode("ascii"): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+}
+EMPTY: Final[tuple[str, ...]] = ()
+NUL: Final = 0  # an int: see headers.UNDERSCORE
+
+# What a field's name means here, by lowercased name: 0 an ordinary field; a power of two,
+# a singleton field, refused twice by aiohttp's parser (``SINGLETON_HEADERS``), with Host's
+# value also kept; -1 a field after which aiohttp's parser must decide (framing, aiohttp's
+# refused field).
+_DECLINE: Final = -1
+_HOST_BIT: Final = 1
+KINDS: Final[dict[bytes, int]] = {
+    b"host": _HOST_BIT,
+    b"content-location": 2,
+    b"content-range": 4,
+    b"content-type": 8,
+    b"etag": 16,
+    b"max-forwards": 32,
+    b"server": 64,
+    b"user-agent": 128,
+    b"content-length": _DECLINE,
+    b"transfer-encoding": _DECLINE,
+    b"sec-websocket-key1": _DECLINE,
+}
+
+
+def _title(name: bytes) -> bytes:
+    return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+# The same, under the spellings clients send, so the usual field costs one dict lookup
+# and no lowercased copy; and ordinary names as sent, which need no lookup at all.
+KINDS_SENT: Final[dict[bytes, int]] = (
+    KINDS
+    | {_title(n): k for n, k in KINDS.items()}
+    | {b"ETag": 16, b"Sec-WebSocket-Key1": _DECLINE}
+)
+PLAIN_SENT: Final = frozenset(
+    {
+        b"Accept", b"Accept-Encoding", b"Accept-Language", b"Cache-Control", b"Connection",
+        b"Cookie", b"Referer", b"Origin", b"Pragma", b"If-None-Match", b"If-Modified-Since",
+        b"Authorization", b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Request-ID",
+        b"Sec-Fetch-Dest", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Sec-Fetch-User",
+        b"Upgrade-Insecure-Requests", b"DNT", b"Priority", b"Sec-CH-UA",
+        b"Sec-CH-UA-Mobile", b"Sec-CH-UA-Platform",
+        b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"connection",
+        b"cookie", b"referer", b"origin", b"authorization", b"x-forwarded-for",
+    }
+)  # fmt: skip
+assert not {n.lower() for n in PLAIN_SENT} & KINDS.keys()
+assert all(KINDS[n.lower()] == k for n, k in KINDS_SENT.items())
+
+
+class BodylessFields:
+    """The part of ``CIMultiDictProxy`` the engine reads: ``getall`` and ``get`` by a
+    case-insensitive name, values decoded as aiohttp's parser decodes them (UTF-8 with
+    surrogate escapes, trailing whitespace gone). Host is kept decoded; any other field is
+    looked up in the raw fields when asked for (X-Forwarded-For behind a trusted proxy)."""
+
+    __slots__ = ("hosts", "raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]], hosts: Sequence[str]) -> None:
+        self.raw = raw
+        self.hosts = hosts
+
+    def getall(self, name: str, default: Sequence[str] = EMPTY) -> Sequence[str]:
+        if name is HOST:
+            return self.hosts if self.hosts else default
+        key = name.lower().encode("utf-8", "surrogateescape")
+        found = [v.decode("utf-8", "surrogateescape") for n, v in self.raw if n.lower() == key]
+        return found if found else default
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("utf-8", "surrogateescape")
+        for n, v in self.raw:
+            if n.lower() == key:
+                return v.decode("utf-8", "surrogateescape")
+        return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+class BodylessHead:
+    """The attributes of aiohttp's ``RawRequestMessage`` the engine reads, for a request
+    with no body that keeps its connection open (so ``should_close``, ``chunked`` and
+    ``upgrade`` are always false)."""
+
+    __slots__ = ("headers", "method", "path", "raw_headers", "version")
+
+    should_close: Final = False
+    chunked: Final = False
+    upgrade: Final = False
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        version: Any,
+        headers: BodylessFields,
+        raw_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers
+        self.raw_headers = raw_headers
+
+
+class BodylessParser:
+    """``parse(data)``: a ``BodylessHead`` when ``data`` is exactly one whole head of the
+    common case (the module's docstring), else None, and the read is aiohttp's parser's.
+    Also the httptools callbacks; none raises: a reason to decline is a flag, read at the
+    end (an exception in a callback is an object and a traceback per declined read)."""
+
+    def __init__(self, max_line: int, max_field: int, max_headers: int) -> None:
+        self.max_line = max_line
+        self.max_field = max_field
+        self.max_headers = max_headers
+        self.url = b""
+        self.raw: list[tuple[bytes, bytes]] = []
+        self.host: str | None = None
+        self.seen = 0
+        self.ok = True
+        self.done = False
+        self.parser = httptools.HttpRequestParser(self)
+
+    def _begin(self) -> None:
+        # (a method of its own: assigned in parse(), these would be narrowed there to the
+        # constants assigned, which the callbacks change behind the type checker's back)
+        self.url = b""
+        self.raw = []
+        self.host = None
+        self.seen = 0
+        self.ok = True
+        self.done = False
+
+    def parse(self, data: bytes) -> BodylessHead | None:
+        self._begin()
+        try:
+            self.parser.feed_data(data)
+        except Exception:  # llhttp refused it, or an upgrade: aiohttp's parser's to say
+            self.ok = False
+        if not (self.ok and self.done):
+            # llhttp is mid-message or failed: a fresh one for the next read.
+            self.parser = httptools.HttpRequestParser(self)
+            return None
+        # The request line, which llhttp accepted: METHOD SP target SP HTTP/x.y CRLF. (A
+        # head after empty lines has no request line at the start, and is declined.)
+        eol = data.find(b"\r\n")
+        version = VERSIONS.get(data[eol - 8 : eol]) if eol >= 8 else None
+        path = self.url.decode("utf-8", "surrogateescape")
+        if version is None or path[:1] != "/":
+            return None  # llhttp is between messages: no need for a fresh one
+        host = self.host
+        if host is None and version is HttpVersion11:
+            return None  # aiohttp's "Missing 'Host' header in request."
+        method_b = data[: data.find(b" ")]
+        method = METHODS.get(method_b)
+        if method is None:
+            method = method_b.decode("ascii")
+        raw = self.raw
+        hosts: Sequence[str] = EMPTY if host is None else (host,)
+        return BodylessHead(method, path, version, BodylessFields(raw, hosts), raw)
+
+    # -- httptools' callbacks -------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        # (no bytes + bytes in these modules: gateway/fast/__init__.py)
+        url = b"".join((self.url, url)) if self.url else url
+        self.url = url
+        if len(url) > self.max_line:
+            self.ok = False  # aiohttp's LineTooLong
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.ok:
+            return
+        raw = self.raw
+        # aiohttp's limits: the name and the value as sent (its trailing whitespace too).
+        if len(name) + len(value) > self.max_field or len(raw) >= self.max_headers:
+            self.ok = False
+            return
+        if NUL in value:
+            self.ok = False
+            return
+        value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
+        raw.append((name, value))
+        if name in PLAIN_SENT:
+            return
+        kind = KINDS_SENT.get(name)
+        if kind is None:
+            kind = KINDS.get(name.lower(), 0)
+        if kind:
+            if kind < 0 or self.seen & kind:
+                self.ok = False  # a framing field, or a singleton twice
+                return
+            self.seen |= kind
+            if kind == _HOST_BIT:
+                self.host = value.decode("utf-8", "surrogateescape")
+
+    def on_headers_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.ok = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
