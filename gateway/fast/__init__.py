@@ -10,11 +10,16 @@ through httptools' callbacks, with aiohttp's response leniencies and checks
 (``upstream.UpstreamConnection``, ``protocol.response_fields``): aiohttp's
 ``HttpResponseParser`` builds a message, a ``CIMultiDict`` and a ``StreamReader`` per
 response, which cost more than the rest of the relay (a deviation from issue 8's "on
-aiohttp's parsers", measured in bench/RESULTS.md). What it drops is the framework around
-them: no task, future or ``web.Response`` per request. Refusals are prebuilt
+aiohttp's parsers", measured in bench/RESULTS.md). The compiled build also parses the common
+request itself, a whole bodyless kept-alive head in one read, with the same llhttp and
+aiohttp's checks (``bodyless``), and leaves every other request (a body or a framing field,
+an upgrade, an error) to aiohttp's parser: that second deviation skips the message objects
+that were a fifth of a refusal's instructions. What it drops is the framework around them:
+no task, future or ``web.Response`` per request. Refusals are prebuilt
 bytes; allowed requests are relayed over a pool of keep-alive upstream connections by
 callbacks, with flow control on the transports both ways.
 
+- ``bodyless``: the common request's parse, held to aiohttp's parser.
 - ``prebuilt``: the bytes of the gateway's own answers, built once per config.
 - ``upstream``: the keep-alive upstream connections and their pool.
 - ``protocol``: the client connection (parsing, deciding, ordering) and the forwarding

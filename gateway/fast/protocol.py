@@ -527,7 +527,8 @@ class ClientConnection(asyncio.Protocol):
                         messages, upgraded, tail = fed
                     except Exception as error:
                         messages, upgraded, tail, exc = (), False, b"", error
-                    self.boundary = exc is None and self._ends_between(data, messages, upgraded)
+                    if bodyless is not None:  # (the interpreted build has none to offer)
+                        self.boundary = exc is None and self._ends_between(data, messages, upgraded)
             else:
                 messages, exc, upgraded, tail = self._parse(data)
             if self.discarding is not None:
@@ -593,11 +594,13 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         end = data.find(HEADER_SEP)
         out: list[Any] = []
+        track = self.L.bodyless is not None
         self.boundary = False
         try:
             if end < 0 or end + 4 >= len(data):
                 messages, upgraded, tail = parser.feed_data(data)
-                self.boundary = self._ends_between(data, messages, upgraded)
+                if track:
+                    self.boundary = self._ends_between(data, messages, upgraded)
                 # (a list: aiohttp's parser answers an empty read with a tuple)
                 return list(messages), None, upgraded, tail
             start = 0
@@ -609,7 +612,8 @@ class ClientConnection(asyncio.Protocol):
                 out.extend(messages)
                 if upgraded:
                     return out, None, True, tail + data[stop:]
-                self.boundary = self._ends_between(piece, messages, upgraded)
+                if track:
+                    self.boundary = self._ends_between(piece, messages, upgraded)
                 start = stop
                 end = data.find(HEADER_SEP, start)
             return out, None, False, b""
