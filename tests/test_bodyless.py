@@ -103,6 +103,11 @@ DECLINED = {
     "a bare LF": b"GET / HTTP/1.1\nHost: a\r\n\r\n",
     "obs-fold": b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n",
     "an empty line first": b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "a bare LF first": b"\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "a bare CR first": b"\rHEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "an HTTP/0.9 line ending like a version": (
+        b"GET /xHTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    ),
     "a line over the limit": b"GET /" + b"a" * MAX_LINE + b" HTTP/1.1\r\nHost: a\r\n\r\n",
     "a field over the limit": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * MAX_FIELD + b"\r\n\r\n",
     "too many fields": b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * MAX_HEADERS + b"\r\n",
@@ -210,8 +215,9 @@ EOL = st.sampled_from([b"\r\n"] * 30 + [b"\n", b"\r", b"\r\n "])
 
 @st.composite
 def heads(draw: st.DrawFn) -> bytes:
-    parts = [draw(st.sampled_from([b""] * 10 + [b"\r\n"]))]
-    parts.append(draw(METHOD) + b" " + draw(TARGET) + b" " + draw(VERSION) + draw(EOL))
+    parts = [draw(st.sampled_from([b""] * 12 + [b"\r\n", b"\n", b"\r", b"\n\n"]))]
+    sp = draw(st.sampled_from([b" "] * 19 + [b""]))  # none: an HTTP/0.9 line
+    parts.append(draw(METHOD) + b" " + draw(TARGET) + sp + draw(VERSION) + draw(EOL))
     fields = draw(st.lists(st.tuples(NAME, VALUE), max_size=MAX_HEADERS))
     if draw(st.integers(0, 9)):
         fields.insert(draw(st.integers(0, len(fields))), (b"Host", b"allowed.example"))

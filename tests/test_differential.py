@@ -461,6 +461,17 @@ CASES = [
         head=(False, False, True, False, False, False, False, False, False),
     ),
     Case(
+        # llhttp skips a bare LF before a request line: the method is still HEAD.
+        "reads-then-lf-head",
+        (
+            req(b"GET /1 HTTP/1.1", H),
+            b"\n" + req(b"HEAD /head HTTP/1.1", H),
+            req(b"GET /3 HTTP/1.1", H, CLOSE),
+        ),
+        (1, 1, 1),
+        head=(False, True, False),
+    ),
+    Case(
         "reads-http10-kept-alive",
         (
             req(b"GET /1 HTTP/1.0", H, b"Connection: keep-alive"),
@@ -553,6 +564,7 @@ CASES = [
             ("many-fields", req(b"GET /2 HTTP/1.1", H, *[b"X-F: 1"] * 129)),
             ("long-target", req(b"GET /" + b"a" * 8200 + b" HTTP/1.1", H)),
             ("tls-hello", b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03\r\n\r\n"),
+            ("http09-kept-alive", req(b"GET /xHTTP/1.0", H, b"Connection: keep-alive")),
         )
     ),
     # Known differences: each with the engine considered wrong, and why; the case xfails

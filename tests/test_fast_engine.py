@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import socket
@@ -1273,3 +1274,119 @@ def test_the_common_read_skips_aiohttps_parser_only_between_messages(fast_pkg: A
 
     uvloop.run(run())
     asyncio.set_event_loop_policy(None)
+
+
+_B = b"blocked.example"
+
+
+def _get(path: bytes = b"/") -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: " + _B + b"\r\n\r\n"
+
+
+# Requests whose answers the in-process engine gives without an upstream (all refused, or
+# refused by the parser): every kind of read the common-read path takes or must decline.
+_STREAM_PARTS = [
+    _get(),
+    b"HEAD /h HTTP/1.1\r\nHost: " + _B + b"\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: " + _B + b"\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: " + _B + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: " + _B + b"\r\nConnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: "
+    + _B
+    + b"\r\nContent-Length: %d\r\n\r\n" % len(_get(b"/smuggled"))
+    + _get(b"/smuggled"),
+    b"POST / HTTP/1.1\r\nHost: " + _B + b"\r\nContent-Length: 0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: "
+    + _B
+    + b"\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(_get(b"/chunk"))
+    + _get(b"/chunk")
+    + b"\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: " + _B + b"\r\nContent-Length: 4\r\n\r\n\r\n\r\n",
+    b"\r\n" + _get(b"/crlf"),
+    b"\nHEAD /lf HTTP/1.1\r\nHost: " + _B + b"\r\n\r\n",
+    b"GET /xHTTP/1.0\r\nHost: " + _B + b"\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: " + _B + b"\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"GET http://blocked.example/ HTTP/1.1\r\nHost: " + _B + b"\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: " + _B + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: " + _B + b"\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost " + _B + b"\r\n\r\n",
+]
+
+
+@st.composite
+def _read_sequences(draw: st.DrawFn) -> list[bytes]:
+    """A few requests as one stream, cut into reads: mostly at a CRLF CRLF, sometimes
+    anywhere."""
+    stream = b"".join(draw(st.lists(st.sampled_from(_STREAM_PARTS), min_size=1, max_size=5)))
+    ends = [i + 4 for i in range(len(stream)) if stream.startswith(b"\r\n\r\n", i)]
+    cuts = {e for e in ends if draw(st.integers(0, 9)) < 7}
+    cuts |= set(draw(st.lists(st.integers(1, len(stream) - 1), max_size=3)))
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(stream)), len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(reads=_read_sequences())
+def test_the_common_read_path_changes_no_answer(fast_pkg: Any, reads: list[bytes]) -> None:
+    """The same reads on two connections, one whose listener parses the common read itself
+    (bodyless) and one that leaves every read to aiohttp's parser: the same bytes written
+    after each read, and the same connection closed, request ids and Date aside."""
+    import asyncio
+    import json
+    import logging
+    import re
+
+    import uvloop
+
+    from bench.inprocess import CONFIG, FakeTransport
+    from gateway.config import load_bytes
+    from gateway.runtime import Runtime
+
+    class Recording(FakeTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+    def normalised(parts: list[bytes]) -> bytes:
+        data = re.sub(rb"[0-9a-f]{16}", b"<rid>", b"".join(parts))
+        return re.sub(rb"Date: [^\r]*", b"Date: <date>", data)
+
+    async def answers(common_read: bool) -> list[tuple[bytes, bool]]:
+        loop = asyncio.get_running_loop()
+        runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
+        engine = fast_pkg("engine").FastEngine(runtime)
+        engine.forwarder.start(loop)
+        protocol = fast_pkg("protocol")
+        listener = protocol.Listener(
+            "bench", runtime, engine.forwarder, None, engine._ids, engine._date, loop
+        )
+        listener.bodyless = (
+            fast_pkg("bodyless").BodylessParser(8190, 8190, 128) if common_read else None
+        )
+        client = protocol.ClientConnection(listener)
+        transport = Recording()
+        client.connection_made(transport)
+        seen = []
+        try:
+            for data in reads:
+                client.data_received(data)
+                seen.append((normalised(transport.out), transport.closing))
+                transport.out = []
+        finally:
+            engine.forwarder.close()
+            engine._date.stop()
+        return seen
+
+    logging.disable(logging.CRITICAL)
+    try:
+        with_it = uvloop.run(answers(True))
+        without = uvloop.run(answers(False))
+    finally:
+        logging.disable(logging.NOTSET)
+        asyncio.set_event_loop_policy(None)
+    assert with_it == without, reads

@@ -178,6 +178,10 @@ class BodylessParser:
         self.done = False
 
     def parse(self, data: bytes) -> BodylessHead | None:
+        if not 0x41 <= data[0] <= 0x5A:
+            # Not a method's first letter: llhttp skips a CR or LF before the request line,
+            # and the method and version below are read from the line's bytes.
+            return None
         self._begin()
         try:
             self.parser.feed_data(data)
@@ -187,10 +191,12 @@ class BodylessParser:
             # llhttp is mid-message or failed: a fresh one for the next read.
             self.parser = httptools.HttpRequestParser(self)
             return None
-        # The request line, which llhttp accepted: METHOD SP target SP HTTP/x.y CRLF. (A
-        # head after empty lines has no request line at the start, and is declined.)
+        # The request line, which llhttp accepted and which starts the read: METHOD SP target
+        # SP HTTP/x.y CRLF, the target without a space (strict llhttp). The space before the
+        # version is required: "GET /xHTTP/1.0" is an HTTP/0.9 line whose target ends in
+        # what looks like a version.
         eol = data.find(b"\r\n")
-        version = VERSIONS.get(data[eol - 8 : eol]) if eol >= 8 else None
+        version = VERSIONS.get(data[eol - 8 : eol]) if eol >= 9 and data[eol - 9] == 0x20 else None
         path = self.url.decode("utf-8", "surrogateescape")
         if version is None or path[:1] != "/":
             return None  # llhttp is between messages: no need for a fresh one

@@ -611,6 +611,7 @@ class ClientConnection(asyncio.Protocol):
                 messages, upgraded, tail = parser.feed_data(piece)
                 out.extend(messages)
                 if upgraded:
+                    self.boundary = False  # (what follows is not HTTP/1.1)
                     return out, None, True, tail + data[stop:]
                 if track:
                     self.boundary = self._ends_between(piece, messages, upgraded)
