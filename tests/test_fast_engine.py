@@ -1196,42 +1196,54 @@ class _NoAiohttpParser:
         raise AssertionError(f"aiohttp's parser was fed {data!r}")
 
 
+@contextlib.contextmanager
+def _inprocess_listener(fast_pkg: Any, loop: Any) -> Iterator[Any]:
+    """A listener of the build under test on bench.inprocess's config, in-process (its
+    connections get fake transports); the engine's timers stopped after."""
+    import json
+
+    from bench.inprocess import CONFIG
+    from gateway.config import load_bytes
+    from gateway.runtime import Runtime
+
+    runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
+    engine = fast_pkg("engine").FastEngine(runtime)
+    engine.forwarder.start(loop)
+    try:
+        yield fast_pkg("protocol").Listener(
+            "bench", runtime, engine.forwarder, None, engine._ids, engine._date, loop
+        )
+    finally:
+        engine.forwarder.close()
+        engine._date.stop()
+
+
 def test_the_common_read_skips_aiohttps_parser_only_between_messages(fast_pkg: Any) -> None:
     """A whole bodyless kept-alive head goes to bodyless.BodylessParser when the
     connection's aiohttp parser stands between messages, and to aiohttp's parser in every
     other state: after a head without its body, mid-body (a body that looks like a
     request), and after a head cut in two."""
     import asyncio
-    import json
 
     import uvloop
 
-    from bench.inprocess import CONFIG, FakeTransport
-    from gateway.config import load_bytes
-    from gateway.runtime import Runtime
+    from bench.inprocess import FakeTransport
 
     get = b"GET / HTTP/1.1\r\nHost: blocked.example\r\n\r\n"
     post = b"POST / HTTP/1.1\r\nHost: blocked.example\r\nContent-Length: %d\r\n\r\n" % len(get)
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
-        engine = fast_pkg("engine").FastEngine(runtime)
-        engine.forwarder.start(loop)
-        Listener, ClientConnection = (
-            fast_pkg("protocol").Listener,
-            fast_pkg("protocol").ClientConnection,
-        )
-        listener = Listener(
-            "bench", runtime, engine.forwarder, None, engine._ids, engine._date, loop
-        )
+        with _inprocess_listener(fast_pkg, asyncio.get_running_loop()) as listener:
+            check(listener)
+
+    def check(listener: Any) -> None:
         # The compiled build parses the common read itself; the interpreted one leaves
         # every read to aiohttp's parser (slower there), and is made to here.
         compiled = fast_pkg("protocol").__name__.startswith("gateway.fast_c.")
         assert (listener.bodyless is not None) == compiled
         if not compiled:
             listener.bodyless = fast_pkg("bodyless").BodylessParser(8190, 8190, 128)
-        client = ClientConnection(listener)
+        client = fast_pkg("protocol").ClientConnection(listener)
         transport = FakeTransport()
         client.connection_made(transport)
 
@@ -1240,37 +1252,33 @@ def test_the_common_read_skips_aiohttps_parser_only_between_messages(fast_pkg: A
             client.data_received(data)
             return transport.last
 
-        try:
-            # Between messages: aiohttp's parser is never made.
-            assert answer(get).startswith(b"HTTP/1.1 503 ")
-            assert answer(get).startswith(b"HTTP/1.1 503 ")
-            assert client.parser is None and client.boundary
-            # A head with a body pending: aiohttp's; then its body, which looks like a
-            # request and ends with CRLF CRLF, is body, not a request (no second answer).
-            assert answer(post).startswith(b"HTTP/1.1 503 ")
-            assert client.parser is not None and not client.boundary
-            assert answer(get) == b""
-            assert not client.boundary
-            # The next whole head still goes to aiohttp's parser, which then stands
-            # between messages again; and the one after it does not.
-            assert answer(get).startswith(b"HTTP/1.1 503 ")
-            assert client.boundary
-            client.parser = _NoAiohttpParser()
-            assert answer(get).startswith(b"HTTP/1.1 503 ")
-            # A head cut in two: both halves to aiohttp's parser.
-            client.parser = listener.new_parser()
-            assert answer(get[:20]) == b""
-            assert not client.boundary
-            assert answer(get[20:]).startswith(b"HTTP/1.1 503 ")
-            assert client.boundary
-            # Connection: close is aiohttp's to parse, and ends the connection.
-            client.parser = None
-            assert answer(get[:-2] + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 503 ")
-            assert client.parser is not None and not client.boundary
-            assert transport.closing
-        finally:
-            engine.forwarder.close()
-            engine._date.stop()
+        # Between messages: aiohttp's parser is never made.
+        assert answer(get).startswith(b"HTTP/1.1 503 ")
+        assert answer(get).startswith(b"HTTP/1.1 503 ")
+        assert client.parser is None and client.boundary
+        # A head with a body pending: aiohttp's; then its body, which looks like a
+        # request and ends with CRLF CRLF, is body, not a request (no second answer).
+        assert answer(post).startswith(b"HTTP/1.1 503 ")
+        assert client.parser is not None and not client.boundary
+        assert answer(get) == b""
+        assert not client.boundary
+        # The next whole head still goes to aiohttp's parser, which then stands
+        # between messages again; and the one after it does not.
+        assert answer(get).startswith(b"HTTP/1.1 503 ")
+        assert client.boundary
+        client.parser = _NoAiohttpParser()
+        assert answer(get).startswith(b"HTTP/1.1 503 ")
+        # A head cut in two: both halves to aiohttp's parser.
+        client.parser = listener.new_parser()
+        assert answer(get[:20]) == b""
+        assert not client.boundary
+        assert answer(get[20:]).startswith(b"HTTP/1.1 503 ")
+        assert client.boundary
+        # Connection: close is aiohttp's to parse, and ends the connection.
+        client.parser = None
+        assert answer(get[:-2] + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        assert client.parser is not None and not client.boundary
+        assert transport.closing
 
     uvloop.run(run())
     asyncio.set_event_loop_policy(None)
@@ -1334,15 +1342,12 @@ def test_the_common_read_path_changes_no_answer(fast_pkg: Any, reads: list[bytes
     (bodyless) and one that leaves every read to aiohttp's parser: the same bytes written
     after each read, and the same connection closed, request ids and Date aside."""
     import asyncio
-    import json
     import logging
     import re
 
     import uvloop
 
-    from bench.inprocess import CONFIG, FakeTransport
-    from gateway.config import load_bytes
-    from gateway.runtime import Runtime
+    from bench.inprocess import FakeTransport
 
     class Recording(FakeTransport):
         def __init__(self) -> None:
@@ -1357,30 +1362,19 @@ def test_the_common_read_path_changes_no_answer(fast_pkg: Any, reads: list[bytes
         return re.sub(rb"Date: [^\r]*", b"Date: <date>", data)
 
     async def answers(common_read: bool) -> list[tuple[bytes, bool]]:
-        loop = asyncio.get_running_loop()
-        runtime = Runtime(load_bytes(json.dumps(CONFIG).encode()))
-        engine = fast_pkg("engine").FastEngine(runtime)
-        engine.forwarder.start(loop)
-        protocol = fast_pkg("protocol")
-        listener = protocol.Listener(
-            "bench", runtime, engine.forwarder, None, engine._ids, engine._date, loop
-        )
-        listener.bodyless = (
-            fast_pkg("bodyless").BodylessParser(8190, 8190, 128) if common_read else None
-        )
-        client = protocol.ClientConnection(listener)
-        transport = Recording()
-        client.connection_made(transport)
-        seen = []
-        try:
+        with _inprocess_listener(fast_pkg, asyncio.get_running_loop()) as listener:
+            listener.bodyless = (
+                fast_pkg("bodyless").BodylessParser(8190, 8190, 128) if common_read else None
+            )
+            client = fast_pkg("protocol").ClientConnection(listener)
+            transport = Recording()
+            client.connection_made(transport)
+            seen = []
             for data in reads:
                 client.data_received(data)
                 seen.append((normalised(transport.out), transport.closing))
                 transport.out = []
-        finally:
-            engine.forwarder.close()
-            engine._date.stop()
-        return seen
+            return seen
 
     logging.disable(logging.CRITICAL)
     try:

@@ -36,14 +36,12 @@ import httptools
 from aiohttp import hdrs
 from aiohttp.http_writer import HttpVersion10, HttpVersion11
 
+from .headers import METHOD_SP, NUL
+
 HOST: Final = hdrs.HOST
 VERSIONS: Final[dict[bytes, Any]] = {b"HTTP/1.1": HttpVersion11, b"HTTP/1.0": HttpVersion10}
-METHODS: Final = {
-    m.encode("ascii"): m
-    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
-}
+METHODS: Final = {m.encode("ascii"): m for m in METHOD_SP}  # the usual methods, made once
 EMPTY: Final[tuple[str, ...]] = ()
-NUL: Final = 0  # an int: see headers.UNDERSCORE
 
 # What a field's name means here, by lowercased name: 0 an ordinary field; a power of two,
 # a singleton field, refused twice by aiohttp's parser (``SINGLETON_HEADERS``), with Host's
@@ -155,16 +153,19 @@ class BodylessParser:
     Also the httptools callbacks; none raises: a reason to decline is a flag, read at the
     end (an exception in a callback is an object and a traceback per declined read)."""
 
+    # The state of the read being parsed, set by _begin and the callbacks.
+    url: bytes
+    raw: list[tuple[bytes, bytes]]
+    host: str | None
+    seen: int  # the singleton fields met, as bits
+    ok: bool
+    done: bool
+
     def __init__(self, max_line: int, max_field: int, max_headers: int) -> None:
         self.max_line = max_line
         self.max_field = max_field
         self.max_headers = max_headers
-        self.url = b""
-        self.raw: list[tuple[bytes, bytes]] = []
-        self.host: str | None = None
-        self.seen = 0
-        self.ok = True
-        self.done = False
+        self._begin()
         self.parser = httptools.HttpRequestParser(self)
 
     def _begin(self) -> None:

@@ -25,6 +25,7 @@ DROP_REQUEST_B: Final = frozenset(name.encode("ascii") for name in DROP_REQUEST)
 # int, and raises and clears a TypeError before it searches (bytes.__contains__), about
 # ten times the cost of ``0x5F in data``.
 UNDERSCORE: Final = 0x5F
+NUL: Final = 0
 
 
 def drop_listed(parts: list[bytes], start: int, listed: set[str]) -> None:

@@ -49,7 +49,7 @@ from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 from . import prebuilt
 from .bodyless import BodylessParser
 from .chunked import ChunkedFraming
-from .headers import METHOD_SP, drop_listed, request_head
+from .headers import METHOD_SP, NUL, drop_listed, request_head
 from .prebuilt import (
     CLOSE,
     KEEP_10,
@@ -165,7 +165,6 @@ OUT_LENGTH: Final = 1
 OUT_CHUNKED: Final = 2
 OUT_EOF: Final = 3
 HEAD_END: Final = b"\r\n\r\n"
-NUL: Final = 0  # an int, not b"\x00": see headers.UNDERSCORE
 # A response head's bytes with every control character but CR and LF (tab included)
 # turned into NUL, and CR into LF: a scan for NUL and one for a space before LF then find
 # a head that needs a field by field look.
