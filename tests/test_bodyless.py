@@ -80,6 +80,7 @@ COMMON = [
     b"PROPFIND /d HTTP/1.1\r\nHost: \r\n\r\n",  # an empty Host is a Host (refused later)
     b"GET /caf%C3%A9 HTTP/1.1\r\nHost: h\xc3\xa9.example\r\nX-Raw: \xe9\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",  # no Connection: upgrade
+    b"GET / HTTP/1.1\r\nConnection: Keep-Alive\r\nHost: a\r\nconnection: KEEP-ALIVE \r\n\r\n",
 ]
 
 DECLINED = {
@@ -88,6 +89,11 @@ DECLINED = {
     "chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
     "Connection: close": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     "HTTP/1.0 not kept alive": b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    "Connection: keep-alive, close": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"
+    ),
+    "a Connection listing a field": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-A\r\n\r\n",
+    "Proxy-Connection": b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
     "a WebSocket upgrade": (
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     ),
@@ -199,14 +205,16 @@ NAME = mostly(
     st.one_of(st.sampled_from(
         [b"Host", b"host", b"HOST", b"User-Agent", b"Content-Length", b"Transfer-Encoding",
          b"Connection", b"Upgrade", b"Sec-WebSocket-Key1", b"ETag", b"etag", b"Content-Type",
-         b"X-A", b"Accept", b"Max-Forwards", b"Server", b"Expect", b"X-Forwarded-For"]
+         b"X-A", b"Accept", b"Max-Forwards", b"Server", b"Expect", b"X-Forwarded-For",
+         b"connection", b"Proxy-Connection"]
     ), st.text("abcXYZ-_!#$%&'*+.^`|~019", min_size=1, max_size=6).map(str.encode)),
     st.sampled_from([b"X A", b"", b"X\xc4", b"X:"]),
 )  # fmt: skip
 VALUE = mostly(
     st.one_of(st.sampled_from(
         [b"a", b" a ", b"a\t", b"close", b"keep-alive", b"upgrade", b"Upgrade", b"websocket",
-         b"0", b"5", b"chunked", b"\xc3\xa9", b"\xe9", b"", b"x" * MAX_FIELD, b"a, close"]
+         b"0", b"5", b"chunked", b"\xc3\xa9", b"\xe9", b"", b"x" * MAX_FIELD, b"a, close",
+         b"Keep-Alive", b"KEEP-ALIVE", b"keep-alive ", b"keep-alive, close", b"keep-alivex"]
     ), st.text(" !\"#%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~\t", max_size=12).map(str.encode)),
     st.sampled_from([b"\x00", b"a\x7f", b"\x01"]),
 )  # fmt: skip

@@ -39,15 +39,16 @@ from aiohttp.http_writer import HttpVersion10, HttpVersion11
 from .headers import METHOD_SP, NUL
 
 HOST: Final = hdrs.HOST
-VERSIONS: Final[dict[bytes, Any]] = {b"HTTP/1.1": HttpVersion11, b"HTTP/1.0": HttpVersion10}
 METHODS: Final = {m.encode("ascii"): m for m in METHOD_SP}  # the usual methods, made once
 EMPTY: Final[tuple[str, ...]] = ()
 
 # What a field's name means here, by lowercased name: 0 an ordinary field; a power of two,
 # a singleton field, refused twice by aiohttp's parser (``SINGLETON_HEADERS``), with Host's
 # value also kept; -1 a field after which aiohttp's parser must decide (framing, aiohttp's
-# refused field).
+# refused field, Proxy-Connection, which llhttp reads as Connection); -2 Connection, taken
+# only as ``keep-alive`` (any other value may close or upgrade: aiohttp's parser decides).
 _DECLINE: Final = -1
+_CONNECTION: Final = -2
 _HOST_BIT: Final = 1
 KINDS: Final[dict[bytes, int]] = {
     b"host": _HOST_BIT,
@@ -61,7 +62,11 @@ KINDS: Final[dict[bytes, int]] = {
     b"content-length": _DECLINE,
     b"transfer-encoding": _DECLINE,
     b"sec-websocket-key1": _DECLINE,
+    b"connection": _CONNECTION,
+    b"proxy-connection": _DECLINE,
 }
+# Connection values that keep the connection open, as clients send them (else lowercased).
+KEEP_ALIVE: Final = frozenset({b"keep-alive", b"Keep-Alive"})
 
 
 def _title(name: bytes) -> bytes:
@@ -73,17 +78,17 @@ def _title(name: bytes) -> bytes:
 KINDS_SENT: Final[dict[bytes, int]] = (
     KINDS
     | {_title(n): k for n, k in KINDS.items()}
-    | {b"ETag": 16, b"Sec-WebSocket-Key1": _DECLINE}
+    | {b"ETag": 16, b"Sec-WebSocket-Key1": _DECLINE, b"Proxy-Connection": _DECLINE}
 )
 PLAIN_SENT: Final = frozenset(
     {
-        b"Accept", b"Accept-Encoding", b"Accept-Language", b"Cache-Control", b"Connection",
+        b"Accept", b"Accept-Encoding", b"Accept-Language", b"Cache-Control",
         b"Cookie", b"Referer", b"Origin", b"Pragma", b"If-None-Match", b"If-Modified-Since",
         b"Authorization", b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Request-ID",
         b"Sec-Fetch-Dest", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Sec-Fetch-User",
         b"Upgrade-Insecure-Requests", b"DNT", b"Priority", b"Sec-CH-UA",
         b"Sec-CH-UA-Mobile", b"Sec-CH-UA-Platform",
-        b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"connection",
+        b"accept", b"accept-encoding", b"accept-language", b"cache-control",
         b"cookie", b"referer", b"origin", b"authorization", b"x-forwarded-for",
     }
 )  # fmt: skip
@@ -126,7 +131,7 @@ class BodylessHead:
     with no body that keeps its connection open (so ``should_close``, ``chunked`` and
     ``upgrade`` are always false)."""
 
-    __slots__ = ("headers", "method", "path", "raw_headers", "version")
+    __slots__ = ("headers", "method", "minor", "path", "raw_headers", "version")
 
     should_close: Final = False
     chunked: Final = False
@@ -145,19 +150,23 @@ class BodylessHead:
         self.version = version
         self.headers = headers
         self.raw_headers = raw_headers
+        self.minor = 1 if version is HttpVersion11 else 0  # (read without the namedtuple)
 
 
 class BodylessParser:
     """``parse(data)``: a ``BodylessHead`` when ``data`` is exactly one whole head of the
     common case (the module's docstring), else None, and the read is aiohttp's parser's.
     Also the httptools callbacks; none raises: a reason to decline is a flag, read at the
-    end (an exception in a callback is an object and a traceback per declined read)."""
+    end (an exception in a callback is an object and a traceback per declined read). No
+    ``on_headers_complete``: httptools calls only the callbacks its protocol has, and the
+    keep-alive decision is taken from the fields (``on_header``), a Python call less."""
 
     # The state of the read being parsed, set by _begin and the callbacks.
     url: bytes
     raw: list[tuple[bytes, bytes]]
     host: str | None
     seen: int  # the singleton fields met, as bits
+    keep: bool  # a Connection: keep-alive field
     ok: bool
     done: bool
 
@@ -175,6 +184,7 @@ class BodylessParser:
         self.raw = []
         self.host = None
         self.seen = 0
+        self.keep = False
         self.ok = True
         self.done = False
 
@@ -193,21 +203,43 @@ class BodylessParser:
             self.parser = httptools.HttpRequestParser(self)
             return None
         # The request line, which llhttp accepted and which starts the read: METHOD SP target
-        # SP HTTP/x.y CRLF, the target without a space (strict llhttp). The space before the
-        # version is required: "GET /xHTTP/1.0" is an HTTP/0.9 line whose target ends in
-        # what looks like a version.
-        eol = data.find(b"\r\n")
-        version = VERSIONS.get(data[eol - 8 : eol]) if eol >= 9 and data[eol - 9] == 0x20 else None
-        path = self.url.decode("utf-8", "surrogateescape")
-        if version is None or path[:1] != "/":
-            return None  # llhttp is between messages: no need for a fresh one
+        # SP HTTP/x.y CRLF, the target (as llhttp reported it) without a space (strict
+        # llhttp). The space before the version is required: "GET /xHTTP/1.0" is an
+        # HTTP/0.9 line whose target ends in what looks like a version. (No bytes.find for
+        # the usual method: it costs an argument tuple and its parsing.)
+        url = self.url
+        if data.startswith(b"GET "):
+            method = "GET"
+            start = 5 + len(url)
+        else:
+            method_b = data[: data.find(b" ")]
+            found = METHODS.get(method_b)
+            method = method_b.decode("ascii") if found is None else found
+            start = len(method_b) + 2 + len(url)
+        version: Any = None
+        if data[start - 1 : start] == b" " and data[start + 8 : start + 10] == b"\r\n":
+            sent = data[start : start + 8]  # (compared: a dict lookup would hash it)
+            version = (
+                HttpVersion11
+                if sent == b"HTTP/1.1"
+                else HttpVersion10
+                if sent == b"HTTP/1.0"
+                else None
+            )
+        path = url.decode("utf-8", "surrogateescape")
         host = self.host
-        if host is None and version is HttpVersion11:
-            return None  # aiohttp's "Missing 'Host' header in request."
-        method_b = data[: data.find(b" ")]
-        method = METHODS.get(method_b)
-        if method is None:
-            method = method_b.decode("ascii")
+        if (
+            version is None
+            or path[:1] != "/"
+            # aiohttp's "Missing 'Host' header in request."
+            or (host is None and version is HttpVersion11)
+            # HTTP/1.0 closes without Connection: keep-alive
+            or (version is not HttpVersion11 and not self.keep)
+        ):
+            # llhttp may now refuse what follows (after a message that closes, which
+            # HTTP/2.0 or 1.0 without keep-alive is to it): a fresh one for the next read.
+            self.parser = httptools.HttpRequestParser(self)
+            return None
         raw = self.raw
         hosts: Sequence[str] = EMPTY if host is None else (host,)
         return BodylessHead(method, path, version, BodylessFields(raw, hosts), raw)
@@ -232,7 +264,8 @@ class BodylessParser:
         if NUL in value:
             self.ok = False
             return
-        value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
+        if value and (value[-1] == 0x20 or value[-1] == 0x09):
+            value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
         raw.append((name, value))
         if name in PLAIN_SENT:
             return
@@ -240,16 +273,20 @@ class BodylessParser:
         if kind is None:
             kind = KINDS.get(name.lower(), 0)
         if kind:
+            if kind == _CONNECTION:
+                # Kept alive by llhttp's rules (what aiohttp's should_close comes from): an
+                # HTTP/1.1 request unless a Connection field says otherwise, an HTTP/1.0
+                # one when it says keep-alive.
+                if value not in KEEP_ALIVE and value.lower() != b"keep-alive":
+                    self.ok = False
+                self.keep = True
+                return
             if kind < 0 or self.seen & kind:
                 self.ok = False  # a framing field, or a singleton twice
                 return
             self.seen |= kind
             if kind == _HOST_BIT:
                 self.host = value.decode("utf-8", "surrogateescape")
-
-    def on_headers_complete(self) -> None:
-        if not self.parser.should_keep_alive():
-            self.ok = False
 
     def on_message_complete(self) -> None:
         self.done = True

@@ -47,7 +47,7 @@ from gateway.runtime import FOLD_AT, Runtime, logged_fields
 from gateway.wire import DISCARD_LIMIT, SNI_ATTR, origin_form, sni_matches
 
 from . import prebuilt
-from .bodyless import BodylessParser
+from .bodyless import BodylessHead, BodylessParser
 from .chunked import ChunkedFraming
 from .headers import METHOD_SP, NUL, drop_listed, request_head
 from .prebuilt import (
@@ -142,6 +142,11 @@ CONNECTION_PLAIN: Final = frozenset(
 )
 assert not {n.lower() for n in RESPONSE_PLAIN_SENT} & RESPONSE_SPECIAL.keys()
 assert all(RESPONSE_SPECIAL[n.lower()] == k for n, k in RESPONSE_SPECIAL_SENT.items())
+# Both in one table, the plain names as 0: the usual field costs one lookup.
+_PLAIN: Final = 0
+RESPONSE_SENT: Final[dict[bytes, int]] = RESPONSE_SPECIAL_SENT | dict.fromkeys(
+    RESPONSE_PLAIN_SENT, _PLAIN
+)
 # A refused (or early-answered) request's body is read and dropped for this long before
 # the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
 LINGER_S: Final = 2.0
@@ -741,20 +746,25 @@ class ClientConnection(asyncio.Protocol):
         view = L.view
         if view.snap is not snap:
             view = L.view_of(snap)
-        target: str = msg.path
+        target: str
+        method: str
+        values: Sequence[str]
+        if isinstance(msg, BodylessHead):
+            # The common request: its attributes read as a compiled class's, not by name.
+            target, method = msg.path, msg.method
+            values, major, minor = msg.headers.hosts, 1, msg.minor
+        else:
+            target, method, version = msg.path, msg.method, msg.version
+            values, major, minor = msg.headers.getall(HOST, ()), version.major, version.minor
         if view.health_path is not None and target == view.health_path:
             self._health(msg, payload)
             return
-        method: str = msg.method
-        version = msg.version
-        values: Sequence[str] = msg.headers.getall(HOST, ())
-        major: int = version.major
         if major > 1:
             # "HTTP/2.0" in a request line is not HTTP/2; nginx answers 505 too. Answered
             # as HTTP/1.1 (aiohttp's writer adds no Connection field for a version other
             # than 1.0; llhttp makes it close, aiohttp's Python parser keeps it alive).
             out, forward_host = view.version_refusal, ""
-            version = HTTP11
+            minor = 1
         elif target[:1] == "/" and method != "CONNECT" and "#" not in target:
             # ListenerPolicy.decide for an origin-form target without a fragment, not
             # CONNECT: exactly its decide_host(value), one call less on the hot path.
@@ -794,7 +804,7 @@ class ClientConnection(asyncio.Protocol):
             elif log.take():
                 self._log_refusal(values, out.decision, rid, snap)
         if out.refuse:
-            self._refuse(msg, payload, out, rid, snap, version.minor)
+            self._refuse(msg, payload, out, rid, snap, minor)
             return
         env = out.env
         assert env is not None
@@ -804,7 +814,7 @@ class ClientConnection(asyncio.Protocol):
                 refusal = view.refusals["body_too_large"]
                 counters[refusal.slot] += 1
                 counters[out.slot] -= 1  # counted once: as refused, not as allowed
-                self._refuse(msg, payload, refusal, rid, snap, version.minor)
+                self._refuse(msg, payload, refusal, rid, snap, minor)
                 return
         fwd = Forward(self, msg, payload, out.decision, env, forward_host, rid, view)
         self.current = fwd
@@ -1037,6 +1047,7 @@ class Forward:
         "head",
         "held",
         "method",
+        "minor",
         "mode",
         "msg",
         "next_i",
@@ -1076,7 +1087,11 @@ class Forward:
         self.forward_host = forward_host
         self.rid = rid
         self.view = view
-        self.method: str = msg.method
+        self.method: str
+        if isinstance(msg, BodylessHead):
+            self.method, close, minor = msg.method, False, msg.minor
+        else:
+            self.method, close, minor = msg.method, msg.should_close, msg.version.minor
         self.body_open = payload is not EMPTY_PAYLOAD
         self.body_seen = 0
         self.chunked_up = False
@@ -1096,13 +1111,8 @@ class Forward:
         self.status = 0
         self.out = OUT_NONE
         # ClientConnection.mode_for, inline.
-        self.mode = (
-            CLOSE
-            if msg.should_close or client.L.draining
-            else KEEP_10
-            if msg.version.minor == 0
-            else KEEP_11
-        )
+        self.minor: int = minor
+        self.mode = CLOSE if close or client.L.draining else KEEP_10 if minor == 0 else KEEP_11
         self.activity = 0.0
         self.started = 0.0
         self.done = False
@@ -1149,7 +1159,12 @@ class Forward:
             framing += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade.encode(
                 "utf-8", "surrogateescape"
             )
-        target: str = msg.path
+        target: str
+        raw_headers: Sequence[tuple[bytes, bytes]]
+        if isinstance(msg, BodylessHead):
+            target, raw_headers = msg.path, msg.raw_headers
+        else:
+            target, raw_headers = msg.path, msg.raw_headers
         method = self.method
         method_sp = METHOD_SP.get(method)
         if method_sp is None:
@@ -1159,7 +1174,7 @@ class Forward:
             (target if target[:1] == "/" else origin_form(target)).encode(
                 "utf-8", "surrogateescape"
             ),
-            msg.raw_headers,
+            raw_headers,
             self.view.host_lines(self.forward_host),
             client.peer_b if xff is client.peer_ip else xff.encode("ascii", "replace"),
             self.rid,
@@ -1440,10 +1455,10 @@ class Forward:
         te = None
         listed: set[str] | None = None
         for name, value in headers:
-            kind = RESPONSE_SPECIAL_SENT.get(name)
-            if kind is None and name not in RESPONSE_PLAIN_SENT:
-                kind = RESPONSE_SPECIAL_SENT.get(name.lower())
-            if kind is not None:
+            kind = RESPONSE_SENT.get(name)
+            if kind is None:
+                kind = RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
+            if kind:
                 if kind == _LENGTH:
                     length = value  # llhttp checked it: digits, one value
                     continue
@@ -1490,7 +1505,7 @@ class Forward:
             self.until_eof = te is None or (
                 te.rsplit(b",", 1)[-1].strip(b" ").lower() != b"chunked"
             )
-            if self.msg.version.minor >= 1:
+            if self.minor >= 1:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.out = OUT_CHUNKED
             else:
