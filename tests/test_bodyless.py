@@ -118,6 +118,9 @@ DECLINED = {
     "a field over the limit": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * MAX_FIELD + b"\r\n\r\n",
     "too many fields": b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * MAX_HEADERS + b"\r\n",
     "half a head": b"GET / HTTP/1.1\r\nHost: a\r\n",
+    "two heads in one read": b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+    "a head and an HTTP/0.9 line": b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /\r\n\r\n",
+    "a head and a field": b"GET / HTTP/1.1\r\nHost: a\r\n\r\nX: y\r\n\r\n",
     "raw UTF-8 in the target": b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
     "TLS": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
 }
@@ -233,9 +236,18 @@ def heads(draw: st.DrawFn) -> bytes:
         parts.append(name + b":" + draw(st.sampled_from([b" ", b"", b"\t"])) + value + draw(EOL))
     parts.append(b"\r\n")
     data = b"".join(parts)
-    # The engine offers only a read with one CRLF CRLF, at its end.
+    # The engine offers a read that ends with CRLF CRLF: mostly one head, and now and then
+    # more after it (a second head, blank lines, the start of something else).
     sep = data.find(b"\r\n\r\n")
-    return data[: sep + 4] if sep >= 0 else data + b"\r\n\r\n"
+    data = data[: sep + 4] if sep >= 0 else data + b"\r\n\r\n"
+    after = draw(
+        st.sampled_from(
+            [b""] * 16
+            + [b"\r\n\r\n", b"\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /\r\n\r\n",
+               b"X: y\r\n\r\n", b"\r\nGET / HTTP/1.1\r\n\r\n", b"G\r\n\r\n", b"\n\r\n"]
+        )
+    )  # fmt: skip
+    return data + after
 
 
 @settings(max_examples=3000, deadline=None)

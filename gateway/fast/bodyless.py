@@ -12,10 +12,12 @@ only what the engine reads (``BodylessHead``).
 It declines, and the engine feeds the same bytes to aiohttp's parser as before, whenever
 the request is anything but that common case: a body or any framing field
 (``Content-Length``, ``Transfer-Encoding``), an upgrade or CONNECT, a request-target that is
-not origin-form, HTTP other than 1.0 and 1.1, a connection that is not kept alive, a field
-or line over the limits, a NUL, a duplicated singleton field, a missing Host in HTTP/1.1,
-aiohttp's refused ``Sec-WebSocket-Key1``, anything llhttp refuses, or a head that does not
-end exactly at the end of the read. So every request that carries a body, where request
+not origin-form, HTTP other than 1.0 and 1.1, a connection that is not kept alive (or a
+``Connection`` field other than ``keep-alive``, or ``Proxy-Connection``), a field or line
+over the limits, a NUL, a duplicated singleton field, a missing Host in HTTP/1.1, aiohttp's
+refused ``Sec-WebSocket-Key1``, anything llhttp refuses, or a head that does not end the
+read (a second request after it, pipelined; blank lines after it are skipped, as both
+parsers skip them). So every request that carries a body, where request
 smuggling is decided, and every error and its 400 remain aiohttp's parser's; what this
 module answers is a request both parsers accept, with the same fields (``tests/
 test_bodyless.py`` holds the two to the same messages with Hypothesis).
@@ -247,6 +249,9 @@ class BodylessParser:
     # -- httptools' callbacks -------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
+        if self.done:
+            self.ok = False  # a second request in the read (pipelined): aiohttp's parser's
+            return
         # (no bytes + bytes in these modules: gateway/fast/__init__.py)
         url = b"".join((self.url, url)) if self.url else url
         self.url = url
@@ -254,7 +259,8 @@ class BodylessParser:
             self.ok = False  # aiohttp's LineTooLong
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.ok:
+        if not self.ok or self.done:
+            self.ok = False
             return
         raw = self.raw
         # aiohttp's limits: the name and the value as sent (its trailing whitespace too).
