@@ -88,7 +88,6 @@ COMPILED: Final = __name__.startswith("gateway.fast_c.")
 GET_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # A stale keep-alive connection is retried once for these (aiohttp client.py, RFC 9110 §9.2.2).
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-NO_BODY_STATUS: Final = frozenset({204, 304})
 DROP_RESPONSE_B: Final = frozenset(name.encode("ascii") for name in DROP_RESPONSE)
 # Upstream response fields the relay does not copy as they are, by lowercased name, so a
 # field costs one dict lookup: 1 dropped (hop-by-hop, Content-Length, which is re-added;
@@ -517,6 +516,19 @@ class ClientConnection(asyncio.Protocol):
                 else None
             )
             if head is not None:
+                if (
+                    self.current is None
+                    and not self.queue
+                    and not self.write_paused
+                    and self.discarding is None
+                ):
+                    # The common read, and nothing before it owed an answer: what the end
+                    # of this method does with one bodyless request, without the list.
+                    self.deadline_at = 0.0
+                    self.request_count += 1
+                    self.last_item = None
+                    self._handle(head, EMPTY_PAYLOAD)
+                    return
                 messages, upgraded, tail = [(head, EMPTY_PAYLOAD)], False, b""
             # (bytes.partition takes its one argument as it is; bytes.find builds and
             # parses an argument tuple: about 200 instructions more for the same search)
@@ -1491,11 +1503,14 @@ class Forward:
         parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         if expose:
             parts += (b"X-Gateway-Config: ", view.config_sha, b"\r\n")
-        no_body = self.method == "HEAD" or code in NO_BODY_STATUS
-        if length is not None and code not in NO_BODY_STATUS:
+        no_status_body = code == 204 or code == 304  # (proxy.NO_BODY_STATUS, compared)
+        no_body = no_status_body or self.method == "HEAD"
+        if length is not None and not no_status_body:
             # llhttp took it as a number, so it is digits: written back without leading
             # zeros, as the aiohttp engine's writer prints the int (no % formatting: slow).
-            parts += (b"Content-Length: ", length.lstrip(b"0") or b"0", b"\r\n")
+            if length[0] == 0x30:
+                length = length.lstrip(b"0") or b"0"
+            parts += (b"Content-Length: ", length, b"\r\n")
             self.out = OUT_NONE if no_body else OUT_LENGTH
         elif no_body:
             self.out = OUT_NONE
