@@ -146,6 +146,18 @@ _PLAIN: Final = 0
 RESPONSE_SENT: Final[dict[bytes, int]] = RESPONSE_SPECIAL_SENT | dict.fromkeys(
     RESPONSE_PLAIN_SENT, _PLAIN
 )
+
+
+def _name_key(name: bytes) -> int:
+    """A field name's length and first letter (in any case), folded into 0..1023."""
+    return (len(name) & 31) << 5 | name[0] & 31
+
+
+# Which keys a special name has: a field whose key is not among them is plain without a
+# lookup (hashing a name the parser just made costs more than the lookup itself).
+SPECIAL_KEYS: Final = bytes(
+    1 if any(_name_key(n) == k for n in RESPONSE_SPECIAL) else 0 for k in range(1024)
+)
 # A refused (or early-answered) request's body is read and dropped for this long before
 # the connection is closed: aiohttp's lingering_time, which the aiohttp engine sets to 2 s.
 LINGER_S: Final = 2.0
@@ -280,6 +292,7 @@ class Listener:
         # identity, held here so a request reads them without a Python attribute lookup.
         self.view = ListenerView(runtime.snapshot, runtime.snapshot.listeners[name])
         self.counters: list[int] = runtime.counters.values
+        self.in_flight: dict[str, int] = runtime.in_flight  # (one object for the runtime's life)
         self.blocked_pending: dict[tuple[Decision, str], int] = runtime.blocked_pending
         self.refusal_log = runtime.refusal_log
 
@@ -1138,7 +1151,7 @@ class Forward:
         L = self.L
         msg = self.msg
         client = self.client
-        L.runtime.in_flight[L.name] += 1
+        L.in_flight[L.name] += 1
         self.started = now = CLOCK()
         # The head sent upstream (proxy.upstream_headers's rules, headers.request_head).
         peer = client.client_addr or client.peer_ip
@@ -1468,9 +1481,11 @@ class Forward:
         te = None
         listed: set[str] | None = None
         for name, value in headers:
-            kind = RESPONSE_SENT.get(name)
-            if kind is None:
-                kind = RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
+            kind: int | None = _PLAIN
+            if not name or SPECIAL_KEYS[(len(name) & 31) << 5 | name[0] & 31]:  # (_name_key)
+                kind = RESPONSE_SENT.get(name)
+                if kind is None:
+                    kind = RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
             if kind:
                 if kind == _LENGTH:
                     length = value  # llhttp checked it: digits, one value
@@ -1805,7 +1820,7 @@ class Forward:
         self.done = True
         L = self.L
         L.active.discard(self)
-        L.runtime.in_flight[L.name] -= 1
+        L.in_flight[L.name] -= 1
         client = self.client
         if L.access_log is not None:
             L.access(
