@@ -35,7 +35,6 @@ from typing import Any, Final, cast
 
 from aiohttp import hdrs  # istr names: a multidict lookup without lowercasing the key
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.http_writer import HttpVersion11 as _HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD as _EMPTY_PAYLOAD
 from httptools import HttpParserCallbackError, HttpParserUpgrade
 
@@ -76,7 +75,6 @@ log = logging.getLogger("gateway.fast")
 # an imported name is a dict lookup in the module's globals at every use.
 HOST: Final = hdrs.HOST
 EMPTY_PAYLOAD: Final = _EMPTY_PAYLOAD
-HTTP11: Final = _HttpVersion11
 # aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1) is laxer than llhttp about chunked
 # framing; with it, chunked bodies are checked by chunked.ChunkedFraming first.
 PYTHON_PARSER: Final = HttpRequestParser.__module__ == "aiohttp.http_parser"
