@@ -1186,6 +1186,8 @@ class Forward:
         target: str
         raw_headers: Sequence[tuple[bytes, bytes]]
         if isinstance(msg, BodylessHead):
+            # (the same words, but here the compiled build reads the fields of its own
+            # class; in the other branch, of aiohttp's message, by name)
             target, raw_headers = msg.path, msg.raw_headers
         else:
             target, raw_headers = msg.path, msg.raw_headers
@@ -1480,7 +1482,7 @@ class Forward:
         listed: set[str] | None = None
         for name, value in headers:
             kind: int | None = _PLAIN
-            if not name or SPECIAL_KEYS[(len(name) & 31) << 5 | name[0] & 31]:  # (_name_key)
+            if not name or SPECIAL_KEYS[_name_key(name)]:
                 kind = RESPONSE_SENT.get(name)
                 if kind is None:
                     kind = RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
