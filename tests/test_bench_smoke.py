@@ -134,3 +134,15 @@ def test_sizing_smoke(tmp_path: Path) -> None:
     assert isinstance(series, list) and len(series) == 3
     assert all(10 < value < 2_000 for value in series), series
     assert row["entries"] == 200 and int(str(row["json_bytes"])) > 200 * 20
+
+
+def test_sizing_smoke_with_workers(tmp_path: Path) -> None:
+    """bench.sizing --workers: the supervisor and its workers measured apart, each reload
+    awaited in all three processes (the summed counter reaches 3 per reload)."""
+    from bench import sizing
+
+    row = sizing.measure(200, 2, tmp_path, workers=2)
+    supervisor, worker = row["rss_mib"], row["worker_rss_mib"]
+    assert isinstance(supervisor, list) and isinstance(worker, list)
+    assert len(supervisor) == len(worker) == 3
+    assert all(10 < value < 2_000 for value in supervisor + worker), (supervisor, worker)
