@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -28,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway import hosts
 from gateway.audit import MAX_TAIL, AuditError, AuditLog, now_rfc3339
 from gateway.config import MAX_CONFIG_BYTES
+from gateway.jsondoc import dumps_pretty
 from gateway.metrics import ConfigState, GatewayCollector, WorkerStats
 from gateway.policy import DISAGREE
 from gateway.reload import Reloader
@@ -62,11 +62,25 @@ UI_HEADERS = {
 }
 
 
+# The reason an error carries when its caller names none (aiohttp's own refusals included).
+DEFAULT_REASONS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    421: "misdirected",
+    428: "precondition_required",
+}
+MAX_BLOCKED_LIMIT = 10_000
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        body=dumps_pretty(data),
         status=status,
         content_type="application/json",
         headers={"Cache-Control": "no-store", **(headers or {})},
@@ -78,7 +92,16 @@ def api_error(status: int, message: str, **extra: Any) -> web.Response:
     if status == 401:
         # RFC 9110 §11.6.1: a 401 names the scheme to use.
         headers = {"WWW-Authenticate": 'Bearer realm="gateway-admin"'}
+    extra.setdefault("reason", DEFAULT_REASONS.get(status, "error"))
     return json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+def query_limit(request: web.Request, default: int, maximum: int) -> int | web.Response:
+    """``?limit=N``: ASCII digits only (``int`` would take "５" or " 5"), 1..maximum."""
+    raw = request.query.get("limit", str(default))
+    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= maximum:
+        return int(raw)
+    return api_error(400, f"limit must be an integer 1..{maximum}", reason="bad_request")
 
 
 def _is_loopback(host: str) -> bool:
@@ -351,23 +374,20 @@ class AdminApp:
     async def explain(self, request: web.Request) -> web.Response:
         host = request.query.get("host")
         if host is None:
-            return api_error(400, "host query parameter is required")
+            return api_error(400, "host query parameter is required", reason="bad_request")
         snap = self.runtime.snapshot
         listener = request.query.get("listener") or next(iter(snap.listeners))
         lp = snap.listeners.get(listener)
         if lp is None:
-            return api_error(404, f"unknown listener {listener!r}")
+            return api_error(404, f"unknown listener {listener!r}", reason="unknown_listener")
         result = lp.explain(host).as_dict()
         result["config_sha256"] = snap.sha256
         return json_response(result)
 
     async def audit_log(self, request: web.Request) -> web.Response:
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= MAX_TAIL:
-            return api_error(400, f"limit must be an integer 1..{MAX_TAIL}")
+        limit = query_limit(request, 100, MAX_TAIL)
+        if isinstance(limit, web.Response):
+            return limit
         if self.audit is None:
             return json_response({"path": None, "records": []})
         env = request.query.get("environment")
@@ -403,10 +423,9 @@ class AdminApp:
 
     async def blocked_hosts(self, request: web.Request) -> web.Response:
         env = request.query.get("environment")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            return api_error(400, "limit must be a number", reason="bad_request")
+        limit = query_limit(request, 100, MAX_BLOCKED_LIMIT)
+        if isinstance(limit, web.Response):
+            return limit
         if env is not None and env not in self.runtime.snapshot.envs and env != "":
             return api_error(404, f"unknown environment {env!r}", reason="unknown_environment")
         tables = await self.blocked_source(None, False)
@@ -414,7 +433,7 @@ class AdminApp:
             tables = {env: tables.get(env, [])}
         return json_response(
             {
-                "environments": {name: rows[: max(0, limit)] for name, rows in tables.items()},
+                "environments": {name: rows[:limit] for name, rows in tables.items()},
                 "note": "counts are upper bounds (Space-Saving); 'error' is the possible "
                 "overestimate; 'truncated' values were longer than 256 characters",
             }

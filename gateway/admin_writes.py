@@ -17,10 +17,9 @@ import asyncio
 import logging
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway import edits
+from gateway import edits, jsondoc
 from gateway.admin import IDENTITY, AdminApp, api_error, json_response
 from gateway.store import Actor, EditResult, Mutation, StoreError
 
@@ -31,14 +30,25 @@ class _BadRequest(Exception):
     pass
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _body(request: web.Request, keys: frozenset[str]) -> dict[str, Any]:
+    """The request's JSON object, holding no key but ``keys`` (a misspelt key is an error,
+    as in the config, not a field silently ignored)."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _BadRequest(f"the body is not valid JSON: {exc}") from None
+        raw = await request.read()
+    except web.RequestPayloadError as exc:
+        # A Content-Encoding the body does not follow (aiohttp decodes gzip, deflate, br).
+        raise _BadRequest(f"the body cannot be read: {exc}") from None
+    try:
+        doc = jsondoc.loads(raw)
+    except jsondoc.JSONDocError as exc:
+        raise _BadRequest(f"the body: {exc}") from None
     if not isinstance(doc, dict):
         raise _BadRequest("the body must be a JSON object")
+    unknown = sorted(set(doc) - keys)
+    if unknown:
+        raise _BadRequest(
+            f"unknown key {unknown[0]!r} in the body; it takes {', '.join(sorted(keys))}"
+        )
     return doc
 
 
@@ -53,7 +63,7 @@ class WriteRoutes:
 
     async def add(self, request: web.Request) -> web.Response:
         try:
-            doc = await _body(request)
+            doc = await _body(request, frozenset({"host", "hosts"}))
         except _BadRequest as exc:
             return self._bad(str(exc))
         host = doc.get("host")
@@ -80,7 +90,7 @@ class WriteRoutes:
                 reason="precondition_required",
             )
         try:
-            doc = await _body(request)
+            doc = await _body(request, frozenset({"secure_endpoints"}))
         except _BadRequest as exc:
             return self._bad(str(exc))
         values = doc.get("secure_endpoints")
@@ -90,7 +100,7 @@ class WriteRoutes:
 
     async def enforcement(self, request: web.Request) -> web.Response:
         try:
-            doc = await _body(request)
+            doc = await _body(request, frozenset({"enforcement"}))
         except _BadRequest as exc:
             return self._bad(str(exc))
         mode = doc.get("enforcement")

@@ -72,7 +72,10 @@ def _engine(runtime: Runtime, opts: RunOptions) -> tuple[Engine, TLSManager, Acc
     except TLSError as exc:
         raise StartupError(str(exc)) from None
     runtime.on_swap(lambda snap: tls.reload(snap.config))
-    access_log = AccessLog(opts.access_log) if opts.access_log else None
+    try:
+        access_log = AccessLog(opts.access_log) if opts.access_log else None
+    except OSError as exc:
+        raise StartupError(f"--access-log {opts.access_log}: {exc.strerror or exc}") from None
     if opts.engine == "fast":
         fast, build = engine_class()
         # Which build runs is worth a line: the compiled one runs 12-34 % fewer

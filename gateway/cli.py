@@ -8,10 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import orjson
-
 from gateway import __version__
-from gateway.config import ConfigError, LoadedConfig, listeners_of, load_file, schema
+from gateway.config import (
+    ConfigError,
+    LoadedConfig,
+    listeners_of,
+    load_file,
+    parse_bind,
+    schema,
+)
+from gateway.jsondoc import dumps_pretty
 
 if TYPE_CHECKING:
     from gateway.app import RunOptions
@@ -24,7 +30,24 @@ DEFAULT_ENGINE = "fast"
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(dumps_pretty(data).decode() + "\n")
+
+
+def _check_run_options(args: argparse.Namespace) -> str | None:
+    """What makes ``run``'s own options unusable, found before anything starts (exit 2):
+    with --workers, a worker that cannot open its access log would die and be replaced
+    for ever."""
+    try:
+        parse_bind(args.listen)
+    except ValueError as exc:
+        return f"--listen: {exc}"
+    if args.access_log:
+        try:
+            with open(args.access_log, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return f"--access-log {args.access_log}: {exc.strerror or exc}"
+    return None
 
 
 def _load_or_exit(path: str) -> LoadedConfig:
@@ -82,6 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"gateway: unknown engine {args.engine!r} (available: {', '.join(ENGINES)})",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    problem = _check_run_options(args)
+    if problem is not None:
+        print(f"gateway: {problem}", file=sys.stderr)
         return EXIT_USAGE
     loaded = _load_or_exit(args.config)
     opts = _run_options(args)

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway.jsondoc import dumps_pretty
+
 
 def _when(ts: object) -> str:
     try:
@@ -21,6 +23,19 @@ def _when(ts: object) -> str:
         )
     except (TypeError, ValueError):
         return "?"
+
+
+_ROW_KEYS = frozenset({"host", "count", "reason", "last_seen"})
+
+
+def _looks_like_blocked_hosts(doc: object) -> bool:
+    if not isinstance(doc, dict) or not isinstance(doc.get("environments"), dict):
+        return False
+    return all(
+        isinstance(rows, list)
+        and all(isinstance(row, dict) and row.keys() >= _ROW_KEYS for row in rows)
+        for rows in doc["environments"].values()
+    )
 
 
 def cmd_blocked_hosts(args: argparse.Namespace) -> int:
@@ -40,10 +55,19 @@ def cmd_blocked_hosts(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
         return 1
+    if not _looks_like_blocked_hosts(doc):
+        # Another server at that address (an upstream, a proxy's error page in JSON) must
+        # not read as "nothing refused".
+        print(
+            f"gateway: {url} did not answer as a gateway's admin API "
+            "(no table of refused hosts in the answer)",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
-        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(dumps_pretty(doc).decode() + "\n")
         return 0
-    tables = doc.get("environments", {})
+    tables = doc["environments"]
     if not any(tables.values()):
         print("no refused hosts recorded")
     for env, rows in sorted(tables.items()):

@@ -16,11 +16,13 @@ from typing import Any
 
 import orjson
 
+from gateway.jsondoc import dumps_pretty
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(dumps_pretty(data).decode() + "\n")
 
 
 def _err(message: str) -> None:
@@ -157,8 +159,13 @@ def cmd_enforcement(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.tokens import entry_for, new_token
+    from gateway.tokens import check_name, entry_for, new_token
 
+    bad_name = check_name(args.name)
+    if bad_name is not None:
+        # Checked as the tokens file checks it: an entry printed here must load there.
+        print(f"gateway: --name {args.name!r}: {bad_name}", file=sys.stderr)
+        return EXIT_USAGE
     token = new_token()
     entry = entry_for(args.name, args.role, token)
     if args.json:

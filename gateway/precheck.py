@@ -175,9 +175,18 @@ def redirect_destinations(path: str) -> list[tuple[str, str]]:
     """(destination URL, where) from a JSON list or a CSV export of redirect rules."""
     data = _read(path)
     text = data.decode("utf-8-sig", "replace")
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty (expected redirect rules)")
     if text.lstrip()[:1] in ("[", "{"):
         return _json_destinations(data, path)
-    return _csv_destinations(text)
+    found = _csv_destinations(text)
+    if not found:
+        # Prose, a binary file or the wrong export must not pass as "0 rules, all covered".
+        raise InputError(
+            f"{path}: no redirect rules found: expected a JSON list of rules or a CSV export "
+            "with a column of new URLs (or absolute URLs on each line)"
+        )
+    return found
 
 
 def _json_destinations(data: bytes, path: str) -> list[tuple[str, str]]:

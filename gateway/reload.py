@@ -283,7 +283,10 @@ class Reloader:
                 self.runtime.last_reload_error = None
             return ReloadResult(True, False, sha, "unchanged", time.perf_counter() - t0)
         if sha == self._last_bytes_sha and not force and not self.runtime.last_reload_ok:
-            return ReloadResult(False, False, sha, "unchanged (still invalid)", 0.0)
+            # The reason is repeated: an operator calling reload after the watcher already
+            # refused the file must not have to go to the log to learn what is wrong.
+            why = self.runtime.last_reload_error or "see the log"
+            return ReloadResult(False, False, sha, f"unchanged, still invalid: {why}", 0.0)
         self._last_bytes_sha = sha
         old = self.runtime.snapshot
         # A new snapshot is moved to the permanent generation once it serves (gc.freeze,

@@ -30,8 +30,9 @@ from typing import Any
 
 import orjson
 
+from gateway import jsondoc
 from gateway.audit import AuditError, AuditLog, default_path, now_rfc3339
-from gateway.config import MAX_CONFIG_BYTES, ConfigError, load_bytes
+from gateway.config import MAX_CONFIG_BYTES, ConfigError, check_unique_keys, load_bytes
 
 LOCK_TIMEOUT_S = 10.0
 
@@ -149,10 +150,15 @@ class ConfigStore:
     def _document(self, raw: bytes) -> dict[str, Any]:
         try:
             doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise StoreError(
-                422, "config_invalid", f"{self.path} is not valid JSON ({exc}); fix it first"
-            ) from None
+        except orjson.JSONDecodeError:
+            why = jsondoc.syntax_error(raw)
+            raise StoreError(422, "config_invalid", f"{self.path}: {why}; fix it first") from None
+        try:
+            # A repeated key is refused here as in a reload: rewriting the file would
+            # otherwise settle it silently (orjson keeps the last).
+            check_unique_keys(raw)
+        except jsondoc.JSONDocError as exc:
+            raise StoreError(422, "config_invalid", f"{self.path}: {exc}; fix it first") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("environments"), list):
             raise StoreError(
                 422, "config_invalid", f"{self.path} has no environments list; fix it first"
@@ -201,7 +207,7 @@ class ConfigStore:
                 raise StoreError(
                     412,
                     "stale",
-                    f"the config changed since that version (If-Match {if_match}); it is "
+                    f"the config changed since that version (If-Match {if_match!r}); it is "
                     f'now "{sha}": read it again and retry',
                 )
             change = mutate(env, f"environments[{index}]")

@@ -24,6 +24,8 @@ from typing import Literal
 
 import msgspec
 
+from gateway import jsondoc
+
 log = logging.getLogger("gateway.tokens")
 
 Role = Literal["admin", "viewer"]
@@ -53,7 +55,16 @@ class Identity:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: hash the bytes
+    # as they came (no token we issue contains them, so such a value simply fails to match).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def check_name(name: str) -> str | None:
+    """Why a token name cannot be used (it names the token in the audit log), or None."""
+    if not name or len(name) > 128 or not name.isprintable():
+        return "1-128 printable characters"
+    return None
 
 
 def new_token() -> str:
@@ -68,17 +79,28 @@ def entry_for(name: str, role: Role, token: str) -> dict[str, str]:
 def parse_tokens(raw: bytes, path: str = "tokens file") -> tuple[TokenEntry, ...]:
     try:
         entries = msgspec.json.decode(raw, type=list[TokenEntry])
-    except msgspec.DecodeError as exc:
+    except msgspec.ValidationError as exc:
+        # "{bad" fails msgspec's type check before its syntax: say it is not JSON.
+        try:
+            jsondoc.loads(raw)
+        except jsondoc.JSONDocError as not_json:
+            raise TokensError(f"{path}: {not_json}") from None
         # "Invalid enum value 'root' - at `$[0].role`" -> "[0].role: Invalid enum value 'root'"
         msg, sep, at = str(exc).rpartition(" - at `")
         where = at.rstrip("`").removeprefix("$") if sep else ""
         raise TokensError(f"{path}: {where}: {msg}" if sep else f"{path}: {exc}") from None
+    except msgspec.DecodeError:
+        raise TokensError(f"{path}: {jsondoc.syntax_error(raw)}") from None
+    try:
+        jsondoc.check_unique_keys(raw)
+    except jsondoc.JSONDocError as exc:
+        raise TokensError(f"{path}: {exc}") from None
     names: set[str] = set()
     hashes: set[str] = set()
     for i, e in enumerate(entries):
         where = f"{path}: [{i}]"
-        if not e.name or len(e.name) > 128 or not e.name.isprintable():
-            raise TokensError(f"{where}.name: 1-128 printable characters")
+        if (bad_name := check_name(e.name)) is not None:
+            raise TokensError(f"{where}.name: {bad_name}")
         if e.name in names:
             raise TokensError(f"{where}.name: duplicate name {e.name!r} (the audit log names it)")
         if not _HEX64.match(e.sha256):

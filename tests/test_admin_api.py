@@ -48,11 +48,14 @@ def call(
     who: str | None = "alice",
     body: Any = None,
     headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> Resp:
+    """``raw``: the body's bytes as given. http.client sends header values as Latin-1, so
+    "\xff" in a value is the byte 0xff on the wire (not UTF-8)."""
     h = dict(headers or {})
     if who is not None:
         h["Authorization"] = f"Bearer {TOKENS[who]}"
-    data = json.dumps(body).encode() if body is not None else None
+    data = json.dumps(body).encode() if body is not None else raw
     req = urllib.request.Request(gw.admin + path, data=data, method=method, headers=h)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -506,3 +509,63 @@ async def test_write_that_does_not_go_live_says_so(tmp_path: Path, aiohttp_clien
     assert body["config_sha256_live"] == runtime.snapshot.sha256
     assert body["config_sha256_written"] != runtime.snapshot.sha256
     assert "late.acme.test" in json.loads(cfg.read_text())["environments"][0]["secure_endpoints"]
+
+
+# -- bad input of every kind: a clear 4xx, nothing changed, never a 500 ---------------------
+
+
+def test_header_bytes_that_are_not_utf8(gw: Gateway) -> None:
+    """aiohttp hands such bytes over with surrogateescape: hashing the token and quoting
+    If-Match in the answer must not fail on them (they did: 500)."""
+    before = gw.config_path.read_bytes()
+    r = call(gw, "GET", "/api/v1/whoami", None, headers={"Authorization": "Bearer \xff\xfe"})
+    assert r.status == 401 and r.body["reason"] == "unauthenticated"
+    r = call(gw, "POST", "/api/v1/environments/prod/endpoints", raw=b'{"host": "q.acme.test"}',
+             headers={"If-Match": "\xff"})  # fmt: skip
+    assert r.status == 412 and r.body["reason"] == "stale", r.body
+    assert "\\udcff" in r.body["error"]  # quoted, escaped, not dropped
+    assert gw.config_path.read_bytes() == before
+
+
+def test_bodies_that_cannot_be_read_or_say_two_things(gw: Gateway) -> None:
+    before = gw.config_path.read_bytes()
+    lines = len(audit_file(gw))
+    path = "/api/v1/environments/prod/endpoints"
+    for encoding in ("gzip", "deflate", "br"):  # the body does not follow its encoding
+        r = call(
+            gw, "POST", path, raw=b'{"host": "x.acme.test"}', headers={"Content-Encoding": encoding}
+        )
+        assert r.status == 400 and r.body["reason"] == "bad_request", (encoding, r.body)
+    cases = [
+        (b'{"host": "a.dup.test", "host": "b.dup.test"}', "'host' appears twice"),
+        (b'{"host": "a.acme.test", "extra": 1}', "unknown key 'extra'"),
+        (b'{"hosts": ["a.acme.test"], "comment": "x"}', "unknown key 'comment'"),
+        (b'{"host": "a.acme.test", "x": NaN}', "NaN"),
+        (b'\xff{"host": "a.acme.test"}', "not UTF-8"),
+        (b"", "empty"),
+    ]
+    for body, why in cases:
+        r = call(gw, "POST", path, raw=body)
+        assert r.status == 400 and why in r.body["error"], (body, r.body)
+    r = call(gw, "PUT", "/api/v1/environments/prod/enforcement",
+             raw=b'{"enforcement": "enforce", "enforcement": "off"}')  # fmt: skip
+    assert r.status == 400 and "'enforcement' appears twice" in r.body["error"]
+    assert gw.config_path.read_bytes() == before and len(audit_file(gw)) == lines
+
+
+def test_query_limits_and_error_reasons(gw: Gateway) -> None:
+    for path in ("/api/v1/blocked-hosts", "/api/v1/audit"):
+        for limit in ("-5", "0", "%EF%BC%95", "+5", "%205", "x", "99999999"):
+            r = call(gw, "GET", f"{path}?limit={limit}", "bob")
+            assert r.status == 400 and r.body["reason"] == "bad_request", (path, limit, r.body)
+        assert call(gw, "GET", f"{path}?limit=5", "bob").status == 200
+    # Every error answer has a reason, aiohttp's own refusals and the Host guard included.
+    for method, path, headers, status, reason in (
+        ("GET", "/api/v1/nope", {}, 404, "not_found"),
+        ("DELETE", "/api/v1/environments", {}, 405, "method_not_allowed"),
+        ("GET", "/api/v1/explain", {}, 400, "bad_request"),
+        ("GET", "/api/v1/explain?host=x&listener=nope", {}, 404, "unknown_listener"),
+        ("GET", "/api/v1/environments", {"Host": "evil.test"}, 421, "misdirected"),
+    ):
+        r = call(gw, method, path, "bob", headers=headers)
+        assert (r.status, r.body["reason"]) == (status, reason), (path, r.body)

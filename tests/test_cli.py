@@ -253,3 +253,84 @@ def test_real_executable(cfg: Path) -> None:
         timeout=30,
     )
     assert refused.returncode == 1 and "locked" in refused.stderr
+
+
+# -- bad input: a clear message and the right exit code, never a traceback ------------------
+
+
+def test_run_refuses_unusable_options_before_starting(cfg: Path, tmp_path: Path) -> None:
+    """Exit 2 with one line, for --listen as for --admin-listen; with --workers a worker
+    that could not open its access log would die and be replaced for ever."""
+    for extra, why in (
+        (["--listen", "abc"], "--listen: 'abc' is not host:port"),
+        (["--listen", "127.0.0.1:99999"], "--listen"),
+        (["--workers", "2", "--listen", "abc"], "--listen"),
+        (["--access-log", str(tmp_path / "no" / "dir" / "a.log")], "No such file or directory"),
+        (["--workers", "2", "--access-log", str(tmp_path)], "Is a directory"),
+    ):
+        argv = [GATEWAY, "run", "--config", str(cfg), "--admin-listen", "127.0.0.1:0", *extra]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (extra, done.stderr)
+        assert why in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
+
+
+def test_arguments_that_are_not_utf8(
+    cfg: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A shell hands Python such bytes as surrogates (surrogateescape): --json output
+    writes them escaped instead of failing."""
+    code, out, _ = run(capsys, "explain", "--config", str(cfg), "--json", "b\udcfccher")
+    assert code == 1 and json.loads(out)["action"] == "refuse" and "\\udcfc" in out
+    code, out, _ = run(capsys, "check", "--json", "--config", str(tmp_path / "\udcfc.json"))
+    assert code == 2 and json.loads(out)["ok"] is False
+
+
+@pytest.mark.parametrize("name", ["", "two\nlines", "x" * 129, "\udcfc", "tab\there"])
+def test_token_refuses_a_name_the_tokens_file_would_refuse(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "token", "--name", name, "--role", "viewer")
+    assert code == 2 and out == "" and "1-128 printable characters" in err
+
+
+def test_check_refuses_redirect_files_with_no_rules(
+    cfg: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Prose, binary or empty must not pass as "0 rules, 0 not covered"."""
+    rules = tmp_path / "rules.csv"
+    for content in (b"", b"\x00\x01\x02\xff" * 64, b"see the wiki for our redirects\n"):
+        rules.write_bytes(content)
+        code, _, err = run(capsys, "check", "--config", str(cfg), "--redirects", str(rules))
+        assert code == 2 and "rules.csv" in err, (content[:20], err)
+
+
+def test_blocked_hosts_refuses_an_answer_from_something_else(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A URL that answers JSON but is not the admin API (an upstream, a health endpoint)
+    must not read as "no refused hosts recorded"."""
+    import http.server
+    import threading
+
+    class JSONHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "ok", "environments": ["prod"]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JSONHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code, out, err = run(capsys, "blocked-hosts", "--admin", url, "--token", "x")
+        assert code == 1 and "no refused hosts" not in out
+        assert "did not answer as a gateway's admin API" in err
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -103,3 +103,79 @@ def test_normalisation_notes_for_lint() -> None:
     ]
     notes = " ".join(loaded.notes)
     assert "secure_endpoints[0]" in notes and "secure_endpoints[2]" in notes
+
+
+@pytest.mark.parametrize(
+    ("splice", "key"),
+    [
+        # Inside an environment: the last "enforcement" would turn the check off.
+        (lambda s: s.replace('"name": "production"', '"enforcement": "enforce", "enforcement": "off", "name": "production"', 1), "enforcement"),
+        # Two top-level lists: the first one would be dropped without a word.
+        (lambda s: s.replace("{", '{"environments": [], ', 1), "environments"),
+        # The name itself (the message then cannot say which object holds it).
+        (lambda s: s.replace('"name": "production"', '"name": "x", "name": "production"', 1), "name"),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_is_an_error(splice: Any, key: str) -> None:
+    """orjson and msgspec keep the last of two equal keys, other parsers the first: the
+    reader of the file and the gateway would see two different configs."""
+    raw = splice(json.dumps(base()))
+    assert raw.count(f'"{key}"') >= 2
+    errs = errors_of(raw.encode())
+    assert errs == [errs[0]] and f"the key {key!r} appears twice" in errs[0], errs
+
+
+def test_syntax_errors_say_what_is_wrong() -> None:
+    assert errors_of(b"\xff\xfe{}")[0].startswith("not UTF-8 text (byte 0")
+    assert errors_of(b'{"environments": [}')[0].startswith("not valid JSON: ")
+    assert errors_of(b"   ") == ["file is empty"]
+
+
+def test_tokens_file_errors_say_what_is_wrong() -> None:
+    from gateway.tokens import TokensError, parse_tokens
+
+    entry = b'{"name": "a", "role": "admin", "sha256": "' + b"0" * 64 + b'"}'
+    for raw, why in (
+        (b"{bad", "not valid JSON"),  # not msgspec's "Expected `array`, got `object`"
+        (b"", "empty"),
+        (b"\xff[]", "not UTF-8"),
+        (b"[" + entry.replace(b'"role"', b'"role": "viewer", "role"') + b"]", "'role' appears twice"),
+        (b"[" + entry.replace(b'"name": "a"', b'"name": "a\\n"') + b"]", "printable"),
+    ):  # fmt: skip
+        with pytest.raises(TokensError, match=why):
+            parse_tokens(raw, "t.json")
+
+
+def test_repeated_keys_are_found_around_long_lists() -> None:
+    """The check skips the allowlists' texts (it would otherwise make 100,000 strings on
+    the serving loop); a repeated key before, between or after them is still found, and
+    so is a list given twice, the same or different."""
+    from gateway import jsondoc
+
+    def doc(env_extra: str = "", top_extra: str = "", lists: str = "") -> bytes:
+        hosts = json.dumps([f"h{i}.example.com" for i in range(200)])
+        env = (
+            f'{{"name": "p", "hostname": "p.example.net", {env_extra}"secure_endpoints": {hosts}, '
+            f'{lists}"upstreams": ["http://127.0.0.1:9"]}}'
+        )
+        return f'{{{top_extra}"environments": [{env}]}}'.encode()
+
+    assert load_bytes(doc()).config.environments[0].name == "p"
+    other = json.dumps(["x.example.com"] * 50)
+    for raw, key in (
+        (doc(env_extra='"name": "q", '), "name"),
+        (doc(lists='"upstreams": [], '), "upstreams"),
+        (doc(lists=f'"secure_endpoints": {other}, '), "secure_endpoints"),
+        (doc(lists=f'"secure_endpoints": {json.dumps([f"h{i}.example.com" for i in range(200)])}, '),
+         "secure_endpoints"),
+        (doc(top_extra='"environments": [], '), "environments"),
+    ):  # fmt: skip
+        errs = errors_of(raw)
+        assert f"the key {key!r} appears twice" in errs[0], (key, errs)
+    # Texts that are not in the document, or short, are parsed in full, not trusted.
+    with pytest.raises(jsondoc.JSONDocError):
+        jsondoc.check_unique_keys(
+            b'{"a": ["' + b"x" * 300 + b'"], "a": 1}', [b'["' + b"y" * 300 + b'"]']
+        )
+    with pytest.raises(jsondoc.JSONDocError):
+        jsondoc.check_unique_keys(b'{"a": [], "b": {"c": 1, "c": 2}}', [b"[]"])

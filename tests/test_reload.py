@@ -10,6 +10,7 @@ import socket
 import statistics
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,8 @@ BAD_WRITERS: list[tuple[str, Any]] = [
     ("empty", b""),
     ("wrong types", b'{"environments": [{"name": 1, "hostname": [], "upstreams": "x"}]}'),
     ("star entry", "STAR"),
+    # Valid for orjson and msgspec (the last key wins: enforcement off for every Host).
+    ("repeated key", "REPEATED"),
     ("non-UTF-8", b'{"environments": [{"name": "\xff\xfe"}]}'),
     ("50 MB", "BIG"),
     ("deleted", None),
@@ -254,6 +257,10 @@ def test_bad_writers_keep_the_last_good_config(upstream: Upstream, tmp_path: Pat
                     content = good[: len(good) // 2]
                 elif content == "STAR":
                     content = json.dumps(config(upstream, "a.example", ["*"])).encode()
+                elif content == "REPEATED":
+                    content = good.replace(
+                        b'"name"', b'"enforcement": "enforce", "enforcement": "off", "name"'
+                    )
                 elif content == "BIG":
                     content = _big_json()
                     assert len(content) > 50_000_000
@@ -261,6 +268,17 @@ def test_bad_writers_keep_the_last_good_config(upstream: Upstream, tmp_path: Pat
             wait_until(lambda f=failures: reload_metrics(gw)[1] > f, 15)
             _, failures, ok = reload_metrics(gw)
             assert ok == 0, what
+            if content is not None:
+                # Asked again through the API, the file is still refused, with the reason
+                # (not only "still invalid": the watcher's log line may be long gone).
+                req = urllib.request.Request(gw.admin + "/api/v1/reload", method="POST")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(req, timeout=15)
+                answer = json.loads(refused.value.read())
+                assert refused.value.code == 422 and not answer["ok"], what
+                assert "still invalid: " in answer["message"] and len(answer["message"]) > 30, (
+                    answer
+                )
             assert get(gw.port(), "a.example").status == 200, f"old config serves after {what}"
             assert get(gw.port(), "c.example").status == 503, what
             # a later good file recovers

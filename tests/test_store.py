@@ -178,6 +178,21 @@ def test_whole_document_is_validated_like_the_file(cfg: Path) -> None:
     assert "claimed by both 'prod' and 'staging'" in exc.value.message
 
 
+def test_a_file_that_says_two_things_is_not_rewritten(cfg: Path) -> None:
+    """A repeated key would be settled silently by rewriting the file (orjson keeps the
+    last): the edit is refused, as the reload refuses the file, and nothing changes."""
+    raw = cfg.read_bytes().replace(
+        b'"name": "prod"', b'"enforcement": "off", "enforcement": "enforce", "name": "prod"'
+    )
+    for broken, why in ((raw, "'enforcement' appears twice"), (b"\xff{}", "not UTF-8")):
+        cfg.write_bytes(broken)
+        with pytest.raises(StoreError) as exc:
+            ConfigStore(str(cfg)).edit("staging", "add", edits.add(["a.acme.test"]), ME)
+        refused(exc, 422, "config_invalid")
+        assert why in exc.value.message and cfg.read_bytes() == broken
+    assert audit_lines(cfg) == []
+
+
 def test_unknown_locked_external(cfg: Path) -> None:
     st = ConfigStore(str(cfg))
     with pytest.raises(StoreError) as exc:
