@@ -15,7 +15,7 @@ from gateway.config import ENTRY_CHUNK, load_bytes, load_steps
 from gateway.counters import Counters
 from gateway.policy import compile_config, compile_steps
 from gateway.reload import SliceStats, diff_snapshots, drive_on_loop
-from gateway.steps import drive
+from gateway.steps import Steps, drive
 
 
 def config(lists: dict[str, list[str]]) -> bytes:
@@ -220,6 +220,42 @@ def test_the_loop_runs_between_steps() -> None:
     assert stats.yields >= 2 * 20_000 // ENTRY_CHUNK and ticks >= stats.yields
     assert stats.longest_step_s > 0 and stats.longest_step_at
     assert loaded == load_bytes(raw)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_what_a_long_step_kept_waiting_runs_before_the_next_step(loop: str) -> None:
+    """A timer that fell due during a long step wakes its task behind the reload's own:
+    with one turn of the loop the next step would run first and the two steps' times
+    would add up for that task (a request's handler, the stall monitor)."""
+    import time
+
+    order: list[str] = []
+
+    def steps() -> Steps[None]:
+        order.append("long step")
+        end = time.perf_counter() + 0.02  # a timer falls due meanwhile
+        while time.perf_counter() < end:
+            pass
+        yield
+        order.append("next step")
+
+    async def main() -> None:
+        async def waiter() -> None:
+            await asyncio.sleep(0.005)
+            order.append("timer's task")
+
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0)  # the waiter has started its sleep
+        await drive_on_loop(steps(), slice_s=0.001)
+        await task
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    assert order == ["long step", "timer's task", "next step"]
 
 
 @pytest.mark.parametrize("at_once", [20_000, 0])
