@@ -101,7 +101,7 @@ def query_limit(request: web.Request, default: int, maximum: int) -> int | web.R
     raw = request.query.get("limit", str(default))
     if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= maximum:
         return int(raw)
-    return api_error(400, f"limit must be an integer 1..{maximum}", reason="bad_request")
+    return api_error(400, f"limit must be an integer 1..{maximum}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -374,7 +374,7 @@ class AdminApp:
     async def explain(self, request: web.Request) -> web.Response:
         host = request.query.get("host")
         if host is None:
-            return api_error(400, "host query parameter is required", reason="bad_request")
+            return api_error(400, "host query parameter is required")
         snap = self.runtime.snapshot
         listener = request.query.get("listener") or next(iter(snap.listeners))
         lp = snap.listeners.get(listener)

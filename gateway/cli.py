@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway.cli_manage import print_json
 from gateway.config import (
     ConfigError,
     LoadedConfig,
@@ -17,7 +18,6 @@ from gateway.config import (
     parse_bind,
     schema,
 )
-from gateway.jsondoc import dumps_pretty
 
 if TYPE_CHECKING:
     from gateway.app import RunOptions
@@ -27,10 +27,6 @@ ENGINES = ("aiohttp", "fast")
 # fast since the whole live suite passes over both engines (issue 8); aiohttp stays as
 # the reference engine (tests/test_differential.py).
 DEFAULT_ENGINE = "fast"
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(dumps_pretty(data).decode() + "\n")
 
 
 def _check_run_options(args: argparse.Namespace) -> str | None:
@@ -158,7 +154,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = snap.listeners[listener].explain(args.host)
     data = result.as_dict()
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
         d = result.decision
         if d.action == "forward":
@@ -180,7 +176,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    _print_json(schema())
+    print_json(schema())
     return EXIT_OK
 
 

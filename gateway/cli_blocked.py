@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.jsondoc import dumps_pretty
+from gateway.cli_manage import print_json
 
 
 def _when(ts: object) -> str:
@@ -65,7 +65,7 @@ def cmd_blocked_hosts(args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        sys.stdout.write(dumps_pretty(doc).decode() + "\n")
+        print_json(doc)
         return 0
     tables = doc["environments"]
     if not any(tables.values()):

@@ -21,7 +21,8 @@ from gateway.jsondoc import dumps_pretty
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-def _print_json(data: object) -> None:
+def print_json(data: object) -> None:
+    """A command's --json output (the CLI's commands share it)."""
     sys.stdout.write(dumps_pretty(data).decode() + "\n")
 
 
@@ -58,7 +59,7 @@ def cmd_endpoints_list(args: argparse.Namespace) -> int:
     live = list(loaded.entries[env.name].texts)
     cand = loaded.candidates[env.name]
     if args.json:
-        _print_json(
+        print_json(
             {
                 "environment": env.name,
                 "hostname": loaded.hostnames[env.name].text,
@@ -85,14 +86,14 @@ def _edit(args: argparse.Namespace, action: str, mutation: Any) -> int:
         )
     except StoreError as exc:
         if args.json:
-            _print_json({"error": exc.message, "reason": exc.reason, "errors": exc.errors})
+            print_json({"error": exc.message, "reason": exc.reason, "errors": exc.errors})
         else:
             _err(f"refused: {exc.message}")
             for line in exc.errors[1:] if len(exc.errors) > 1 else ():
                 print(f"  {line}", file=sys.stderr)
         return EXIT_REFUSED
     if args.json:
-        _print_json(
+        print_json(
             {
                 "changed": result.changed,
                 "environment": result.environment,
@@ -169,7 +170,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     token = new_token()
     entry = entry_for(args.name, args.role, token)
     if args.json:
-        _print_json({"token": token, "entry": entry})
+        print_json({"token": token, "entry": entry})
         return EXIT_OK
     print(f"token (shown only now; give it to {args.name}):")
     print(f"  {token}")
@@ -193,7 +194,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             e.startswith(("cannot read", "not valid JSON", "file is")) for e in exc.errors
         )
         if args.json:
-            _print_json({"ok": False, "errors": exc.errors, "warnings": [], "info": []})
+            print_json({"ok": False, "errors": exc.errors, "warnings": [], "info": []})
         else:
             print(f"{args.config}: invalid", file=sys.stderr)
             for e in exc.errors:
@@ -205,7 +206,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         redirects = check_redirects(loaded, args.redirects) if args.redirects else None
     except InputError as exc:
         if args.json:
-            _print_json({"ok": False, "errors": [str(exc)]})
+            print_json({"ok": False, "errors": [str(exc)]})
         else:
             _err(str(exc))
         return EXIT_USAGE
@@ -213,7 +214,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings = [f for f in findings if f.level == "warning"]
     failed = bool(uncovered) or (args.strict and bool(warnings))
     if args.json:
-        _print_json(
+        print_json(
             {
                 "ok": not failed,
                 "sha256": loaded.sha256,

@@ -21,6 +21,10 @@ class JSONDocError(ValueError):
     """Not a JSON document the gateway accepts; the message says why and where."""
 
 
+class RepeatedKeyError(JSONDocError):
+    """Valid JSON, but an object in it gives a key twice."""
+
+
 def dumps_pretty(data: Any) -> bytes:
     """JSON for people (the admin API's answers, the CLI's --json), indented."""
     try:
@@ -56,7 +60,7 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 where = doc.get("name")
                 named = isinstance(where, str) and key != "name"
                 inside = f" (in the object named {where!r})" if named else ""
-                raise JSONDocError(
+                raise RepeatedKeyError(
                     f"the key {key!r} appears twice in one object{inside}: JSON parsers "
                     "disagree on which one counts, so give it once"
                 )
@@ -112,10 +116,18 @@ def check_unique_keys(raw: bytes, lists: Sequence[bytes] = ()) -> None:
             continue  # not found as given: parsed in full, only slower
         parts += (raw[pos:at], b"[]")
         pos = at + len(text)
-    if parts:
-        parts.append(raw[pos:])
-        raw = b"".join(parts)
-    _parse(raw)
+    if not parts:
+        _parse(raw)
+        return
+    parts.append(raw[pos:])
+    try:
+        _parse(b"".join(parts))
+    except RepeatedKeyError:
+        raise
+    except JSONDocError:
+        # Only a text found where it was not the array could break the document: check
+        # the document as written, so that any error speaks of what the file says.
+        _parse(raw)
 
 
 def loads(raw: bytes) -> Any:

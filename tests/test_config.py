@@ -179,3 +179,10 @@ def test_repeated_keys_are_found_around_long_lists() -> None:
         )
     with pytest.raises(jsondoc.JSONDocError):
         jsondoc.check_unique_keys(b'{"a": [], "b": {"c": 1, "c": 2}}', [b"[]"])
+    # A text found where it is not the array (here it starts inside the string "[") would
+    # leave a broken document: the check falls back to the file as written.
+    long = b'"' + b"y" * 300 + b'"'
+    raw = b'{"s": "[", "t": [' + long + b'], "u": 1}'
+    jsondoc.check_unique_keys(raw, [b'[", "t": [' + long + b"]"])
+    with pytest.raises(jsondoc.RepeatedKeyError):
+        jsondoc.check_unique_keys(raw.replace(b'"u"', b'"s"'), [b'[", "t": [' + long + b"]"])
